@@ -1,0 +1,174 @@
+"""`DropConfig`: which attention / MLP sublayers of a decoder are removed, and why.
+
+A DropConfig is plain data. It is stored as a JSON-able dict in `model.config.drop_config`, so it travels in
+`config.json` and the shipped modeling code (which cannot import this package) reads the same dict. The dict
+carries `format_version`; `from_dict` refuses versions it does not know instead of guessing.
+
+Indices are 0-based decoder-layer indices. A *block* drop is simply a layer whose attention and MLP are both
+dropped; `DropConfig.blocks([...])` is the shorthand for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+FORMAT_VERSION = 1
+_INDEX_FIELDS = ("attn", "mlp")
+
+
+def _library_version() -> str:
+    from layerdrop_patch import __version__
+
+    return __version__
+
+
+def _as_index_list(name: str, values: Iterable[Any]) -> list[int]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"DropConfig.{name} must be a list of layer indices, got {values!r}")
+    out = []
+    for v in values:
+        # bool is an int subclass; True/False as an index is always a bug.
+        if isinstance(v, bool) or not isinstance(v, int):
+            try:
+                import numpy as np
+
+                if isinstance(v, np.integer):
+                    out.append(int(v))
+                    continue
+            except ImportError:  # pragma: no cover
+                pass
+            raise TypeError(
+                f"DropConfig.{name}: layer index {v!r} is not an integer; use 0-based decoder layer indices."
+            )
+        out.append(v)
+    return out
+
+
+@dataclass
+class DropConfig:
+    """Which sublayers to drop, plus where that decision came from.
+
+    Args:
+        attn: decoder layers whose attention (and its pre-/post-norm) is removed.
+        mlp: decoder layers whose MLP (and its pre-/post-norm) is removed.
+        method: how the indices were chosen, e.g. ``"attn-drop"``, ``"joint-drop"``, ``"last-k"``, ``"manual"``.
+        metric: the importance metric used, e.g. ``"cosine"`` (1 - cos with residual), ``"angular"``.
+        scores: optional per-layer scores ``{"attn": [...], "mlp": [...], "block": [...]}``.
+        calibration: human-readable description of the calibration data.
+        base_model: name or path of the model the drop was computed for.
+        library_version: version of layerdrop-patch that produced it (filled in automatically).
+    """
+
+    attn: list[int] = field(default_factory=list)
+    mlp: list[int] = field(default_factory=list)
+    method: str = "manual"
+    metric: str | None = None
+    scores: dict[str, list[float]] | None = None
+    calibration: str | None = None
+    base_model: str | None = None
+    library_version: str = field(default_factory=_library_version)
+
+    def __post_init__(self) -> None:
+        self.attn = _as_index_list("attn", self.attn)
+        self.mlp = _as_index_list("mlp", self.mlp)
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def blocks(cls, layers: Iterable[int], **provenance: Any) -> "DropConfig":
+        """Drop whole decoder layers (attention and MLP of each)."""
+        layers = _as_index_list("blocks", layers)
+        provenance.setdefault("method", "block-drop")
+        return cls(attn=list(layers), mlp=list(layers), **provenance)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DropConfig":
+        if isinstance(data, DropConfig):
+            return data
+        if not isinstance(data, dict):
+            raise TypeError(f"drop_config must be a dict, got {type(data).__name__}")
+        version = data.get("format_version")
+        if version is None:
+            raise ValueError("drop_config has no 'format_version'; it was not written by layerdrop-patch.")
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"drop_config format_version {version} is newer than this layerdrop-patch understands "
+                f"({FORMAT_VERSION}); upgrade with `pip install -U layerdrop-patch`."
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known - {"format_version"}
+        if unknown:
+            raise ValueError(f"drop_config has unknown keys {sorted(unknown)}; known keys are {sorted(known)}")
+        kwargs = {k: v for k, v in data.items() if k in known}
+        return cls(**kwargs)
+
+    @classmethod
+    def from_model(cls, model_or_config: Any) -> "DropConfig | None":
+        """The DropConfig recorded on a model (or its config), or None if it was never dropped."""
+        config = getattr(model_or_config, "config", model_or_config)
+        data = getattr(config, "drop_config", None)
+        return None if data is None else cls.from_dict(data)
+
+    # ----------------------------------------------------------------- views
+    def to_dict(self) -> dict[str, Any]:
+        d = {"format_version": FORMAT_VERSION}
+        d.update(dataclasses.asdict(self))
+        d["attn"] = sorted(self.attn)
+        d["mlp"] = sorted(self.mlp)
+        return d
+
+    @property
+    def block_layers(self) -> list[int]:
+        """Layers where both attention and MLP are dropped (a whole block)."""
+        return sorted(set(self.attn) & set(self.mlp))
+
+    @property
+    def num_dropped(self) -> int:
+        """Number of dropped sublayers (a block counts as two)."""
+        return len(set(self.attn)) + len(set(self.mlp))
+
+    def is_empty(self) -> bool:
+        return not self.attn and not self.mlp
+
+    def kept_attention_layers(self, num_layers: int) -> list[int]:
+        dropped = set(self.attn)
+        return [i for i in range(num_layers) if i not in dropped]
+
+    def describe(self) -> str:
+        parts = []
+        if self.block_layers:
+            parts.append(f"blocks {self.block_layers}")
+        attn_only = sorted(set(self.attn) - set(self.mlp))
+        mlp_only = sorted(set(self.mlp) - set(self.attn))
+        if attn_only:
+            parts.append(f"attention {attn_only}")
+        if mlp_only:
+            parts.append(f"MLP {mlp_only}")
+        return ", ".join(parts) if parts else "nothing"
+
+    def validate(self, num_layers: int) -> "DropConfig":
+        """Check every index against a model with `num_layers` decoder layers; returns self."""
+        if not isinstance(num_layers, int) or num_layers <= 0:
+            raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+        for name in _INDEX_FIELDS:
+            values = _as_index_list(name, getattr(self, name))
+            seen = set()
+            for idx in values:
+                if idx < 0:
+                    raise ValueError(
+                        f"DropConfig.{name}: layer index {idx} is negative; valid indices are 0..{num_layers - 1} "
+                        f"(negative indexing is not supported, write {num_layers + idx} instead)."
+                    )
+                if idx >= num_layers:
+                    raise ValueError(
+                        f"DropConfig.{name}: layer index {idx} is out of range; this model has {num_layers} "
+                        f"decoder layers, so valid indices are 0..{num_layers - 1}."
+                    )
+                if idx in seen:
+                    raise ValueError(f"DropConfig.{name}: layer index {idx} is listed twice.")
+                seen.add(idx)
+        return self
+
+    def __repr__(self) -> str:
+        return f"DropConfig(attn={sorted(self.attn)}, mlp={sorted(self.mlp)}, method={self.method!r})"
