@@ -1,0 +1,66 @@
+"""Which model families layerdrop-patch supports, and how their decoder layers are laid out.
+
+The descriptors themselves live in `modeling/modeling_layerdrop.py` (`ARCHITECTURES`), because the shipped
+remote code needs them too; this module is the library-facing view of that table: look-ups with clear
+errors, and the names of the remote-code classes a saved checkpoint points `auto_map` at.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from layerdrop_patch.modeling import modeling_layerdrop as _m
+from layerdrop_patch.modeling.modeling_layerdrop import Architecture, Sublayer
+
+__all__ = [
+    "Architecture",
+    "Sublayer",
+    "UnsupportedArchitectureError",
+    "get_architecture",
+    "supported_model_types",
+    "remote_class_names",
+    "base_model_type",
+]
+
+base_model_type = _m.base_model_type
+
+
+class UnsupportedArchitectureError(NotImplementedError):
+    """Raised for a model family layerdrop-patch has no descriptor for."""
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_m.ARCHITECTURES)
+
+
+def _config_of(model_or_config: Any):
+    return getattr(model_or_config, "config", model_or_config)
+
+
+def get_architecture(model_or_config: Any) -> Architecture:
+    """The descriptor for a model (or config); raises `UnsupportedArchitectureError` naming what is supported."""
+    config = _config_of(model_or_config)
+    model_type = base_model_type(config)
+    if model_type not in _m.ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"layerdrop-patch does not support model_type {model_type!r} "
+            f"(architectures {getattr(config, 'architectures', None)}); supported model types: "
+            f"{', '.join(supported_model_types())}. Adding one is a descriptor entry in "
+            "layerdrop_patch/modeling/modeling_layerdrop.py plus a parametrised test."
+        )
+    return _m.ARCHITECTURES[model_type]
+
+
+def remote_class_names(model_or_config: Any) -> dict[str, str]:
+    """`auto_map` entries for a saved checkpoint: the shipped config and model classes for this family."""
+    config = _config_of(model_or_config)
+    get_architecture(config)
+    model_type = base_model_type(config)
+    for cls in _m._MIXED_CLASSES.values():
+        if cls.__module__ == _m.__name__ and cls.config_class.model_type == _m.MODEL_TYPE_PREFIX + model_type:
+            return {
+                "model_type": cls.config_class.model_type,
+                "AutoConfig": f"modeling_layerdrop.{cls.config_class.__name__}",
+                "AutoModelForCausalLM": f"modeling_layerdrop.{cls.__name__}",
+            }
+    raise UnsupportedArchitectureError(f"no remote-code class is shipped for model_type {model_type!r}")
