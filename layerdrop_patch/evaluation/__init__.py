@@ -1,0 +1,15 @@
+"""Evaluation: lm-eval with the paper's settings, perplexity, SDR, long-context ICL.
+
+Public API:
+    evaluate(model, tokenizer, tasks="paper", ...) -> EvalResult
+    perplexity(model, tokenizer, dataset="wikitext2", ...) -> float
+    sdr(base_avg, pruned_avg, base_speed, pruned_speed) -> float
+    banking77_icl(model, tokenizer, context_lengths=[...], ...) -> dict
+Task settings (shots, metric per task) live in `settings.TASKS` / `settings.TASK_SETS`.
+"""
+
+from layerdrop_patch.evaluation.harness import evaluate
+from layerdrop_patch.evaluation.results import EvalResult, TaskScore
+from layerdrop_patch.evaluation.settings import TASK_SETS, TASKS, TaskSpec, resolve_tasks
+
+__all__ = ["evaluate", "EvalResult", "TaskScore", "TASKS", "TASK_SETS", "TaskSpec", "resolve_tasks"]
