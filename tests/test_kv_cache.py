@@ -1,0 +1,110 @@
+"""Compact KV cache: generation with dynamic/static caches equals full recomputation, and bytes shrink exactly."""
+
+import copy
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from layerdrop_patch import DropConfig
+from layerdrop_patch.patch import apply_drop, kv_cache_bytes
+from tests.conftest import tiny_model
+from tests.reference_forward import reference_greedy
+
+NUM_LAYERS = 6
+DROPS = {
+    "first-attn": DropConfig(attn=[0]),
+    "attn-and-mlp": DropConfig(attn=[0, 2, 5], mlp=[1, 2]),
+    "blocks": DropConfig.blocks([0, 3]),
+}
+
+
+def _greedy(model, ids, new_tokens, **kwargs):
+    kwargs.setdefault("attention_mask", torch.ones_like(ids))
+    return model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                          pad_token_id=0, **kwargs)
+
+
+@pytest.mark.parametrize("drop", list(DROPS), ids=list(DROPS))
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_greedy_generation_equals_full_recomputation(arch_case, drop, cache):
+    model_type, overrides = arch_case
+    base = tiny_model(model_type, NUM_LAYERS, **overrides)
+    cfg = DROPS[drop]
+    ids = torch.randint(1, 128, (1, 5), generator=torch.Generator().manual_seed(3))
+    expected = reference_greedy(base, ids, 12, set(cfg.attn), set(cfg.mlp))  # crosses sliding window 6
+    patched = apply_drop(copy.deepcopy(base), cfg)
+    out = _greedy(patched, ids, 12, cache_implementation=cache)
+    assert out.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_padded_batch_with_first_attention_dropped(cache):
+    """Masks read lengths/offsets from cache layer 0; with attention 0 dropped that must be a filled layer."""
+    base = tiny_model("llama", NUM_LAYERS)
+    cfg = DropConfig(attn=[0, 1, 4])
+    patched = apply_drop(copy.deepcopy(base), cfg)
+    gen = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(1, 128, (n,), generator=gen) for n in (7, 4, 2)]
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):  # left padding, as for generation
+        ids[row, width - len(p):] = p
+        mask[row, width - len(p):] = 1
+    out = _greedy(patched, ids, 6, attention_mask=mask, cache_implementation=cache)
+    for row, p in enumerate(prompts):
+        expected = reference_greedy(base, p.unsqueeze(0), 6, set(cfg.attn), set(cfg.mlp))
+        assert out[row, width:].tolist() == expected[0, len(p):].tolist(), f"row {row}"
+
+
+def test_static_cache_with_torch_compile():
+    base = tiny_model("llama", 4)
+    cfg = DropConfig(attn=[0, 2])
+    patched = apply_drop(copy.deepcopy(base), cfg)
+    patched.forward = torch.compile(patched.forward, dynamic=False)
+    ids = torch.randint(1, 128, (1, 6), generator=torch.Generator().manual_seed(5))
+    out = _greedy(patched, ids, 5, cache_implementation="static")
+    assert out.tolist() == reference_greedy(base, ids, 5, {0, 2}).tolist()
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_kv_bytes_are_kept_over_total_times_baseline(arch_case, cache):
+    model_type, overrides = arch_case
+    base = tiny_model(model_type, NUM_LAYERS, **overrides)
+    ids = torch.randint(1, 128, (2, 9), generator=torch.Generator().manual_seed(6))
+
+    def kv_bytes(model):
+        out = _greedy(model, ids, 4, cache_implementation=cache, return_dict_in_generate=True)
+        return kv_cache_bytes(out.past_key_values), len(out.past_key_values.layers)
+
+    baseline, baseline_layers = kv_bytes(base)
+    assert baseline > 0 and baseline_layers == NUM_LAYERS
+    for attn in ([0], [1, 2, 3], [0, 5]):
+        dropped_bytes, layers = kv_bytes(apply_drop(copy.deepcopy(base), DropConfig(attn=attn, mlp=[1])))
+        kept = NUM_LAYERS - len(attn)
+        assert layers == kept
+        assert dropped_bytes * NUM_LAYERS == baseline * kept
+
+
+def test_forward_without_cache_argument_builds_a_compact_cache():
+    model = apply_drop(tiny_model("llama", NUM_LAYERS), DropConfig(attn=[0, 3]))
+    out = model(torch.randint(1, 128, (1, 4)))
+    assert len(out.past_key_values.layers) == 4 and out.past_key_values.get_seq_length() == 4
+    assert len(model.make_cache(max_cache_len=16).layers) == 4
+
+
+def test_cache_built_for_the_full_model_is_refused():
+    model = apply_drop(tiny_model("llama", NUM_LAYERS), DropConfig(attn=[0, 3]))
+    with pytest.raises(ValueError, match=r"keeps 4 of 6 attention layers.*model.make_cache\(\)"):
+        model(torch.randint(1, 128, (1, 4)), past_key_values=DynamicCache(config=model.config))
+
+
+def test_all_attention_dropped_still_generates():
+    base = tiny_model("llama", 3)
+    cfg = DropConfig(attn=[0, 1, 2])
+    model = apply_drop(copy.deepcopy(base), cfg)
+    ids = torch.randint(1, 128, (1, 4), generator=torch.Generator().manual_seed(7))
+    out = _greedy(model, ids, 4, return_dict_in_generate=True)
+    assert kv_cache_bytes(out.past_key_values) == 0
+    assert out.sequences.tolist() == reference_greedy(base, ids, 4, {0, 1, 2}).tolist()
