@@ -1,0 +1,16 @@
+# The README's two commands: `make demo` and `make test`. Both install what they need first.
+PY ?= python
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export MPLBACKEND ?= Agg
+
+.PHONY: install demo test
+install:
+	PYTHON=$(PY) bash .ci/install.sh
+
+demo: install
+	$(PY) -m layerdrop_patch.cli demo
+
+test: install
+	$(PY) -m pytest -q
