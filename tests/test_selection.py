@@ -174,3 +174,12 @@ def test_iterative_joint_inplace_patches_model():
     assert DropConfig.from_model(model).attn == cfg.attn and DropConfig.from_model(model).method == "iterative-joint-drop"
     for i in cfg.attn:
         assert not hasattr(model.model.layers[i], "self_attn")
+
+
+def test_plots_write_png(tmp_path):
+    from layerdrop_patch.plots import plot_drop_order, plot_importance
+
+    s = make_scores(attn=[0.5, math.nan, 0.3, 0.05, 0.2, 0.4], dropped={"attn": [1], "mlp": []})
+    for path in (plot_importance(s, tmp_path / "imp.png"), plot_drop_order(s, tmp_path / "order.png"),
+                 plot_drop_order([{"step": 1, "kind": "mlp", "layer": 2}], tmp_path / "it.png", num_layers=6)):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
