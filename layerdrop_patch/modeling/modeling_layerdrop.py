@@ -22,7 +22,9 @@ How a drop works:
 
 from __future__ import annotations
 
+import contextvars
 import copy
+import re
 from dataclasses import dataclass
 
 from transformers import Cache, DynamicCache, StaticCache
@@ -91,6 +93,21 @@ def dropped_sets(config) -> tuple[frozenset[int], frozenset[int]]:
 def kept_attention_layers(config) -> list[int]:
     attn_dropped, _ = dropped_sets(config)
     return [i for i in range(config.num_hidden_layers) if i not in attn_dropped]
+
+
+def dropped_weight_patterns(config) -> set[str]:
+    """Regexes matching the state-dict keys of every dropped sublayer (e.g. `layers.3.self_attn.`)."""
+    arch = architecture_for(config)
+    attn_dropped, mlp_dropped = dropped_sets(config)
+    patterns = set()
+    for layers, part in ((attn_dropped, arch.attn), (mlp_dropped, arch.mlp)):
+        for layer in layers:
+            patterns.update(rf"(^|\.)layers\.{layer}\.{re.escape(name)}\." for name in part.attribute_names())
+    return patterns
+
+
+# Set only while `from_pretrained` prunes a *base* checkpoint at load time (see LayerDropCausalLMMixin).
+_SKIP_DROPPED_WEIGHTS = contextvars.ContextVar("layerdrop_skip_dropped_weights", default=False)
 
 
 # --------------------------------------------------------------------------- decoder layer
@@ -202,6 +219,41 @@ class LayerDropCausalLMMixin:
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
         prune_model(self)
+        if _SKIP_DROPPED_WEIGHTS.get():
+            self._keys_to_ignore_on_load_unexpected = set(self._keys_to_ignore_on_load_unexpected or ())
+            self._keys_to_ignore_on_load_unexpected |= dropped_weight_patterns(config)
+
+    @classmethod
+    def from_pretrained(cls, *args, layerdrop_allow_dropped_weights: bool = False, **kwargs):
+        """Load, then refuse any disagreement between the weights and the DropConfig.
+
+        transformers would random-initialise missing weights and ignore extra ones with a warning; for a
+        pruned checkpoint either means it does not match its DropConfig, so we raise instead. When a *base*
+        checkpoint is pruned at load time (`layerdrop_allow_dropped_weights=True`), weights of the dropped
+        sublayers are expected in it and skipped without ever being materialised.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        token = _SKIP_DROPPED_WEIGHTS.set(layerdrop_allow_dropped_weights)
+        try:
+            model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        finally:
+            _SKIP_DROPPED_WEIGHTS.reset(token)
+        unexpected = sorted(info.get("unexpected_keys") or ())
+        problems = {
+            "missing (kept sublayers without weights)": sorted(info.get("missing_keys") or ()),
+            "unexpected (weights for dropped or unknown modules)": unexpected,
+            "mismatched shapes": sorted(str(k) for k in info.get("mismatched_keys") or ()),
+        }
+        problems = {kind: keys for kind, keys in problems.items() if keys}
+        if problems:
+            details = "; ".join(f"{kind}: {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
+                                for kind, keys in problems.items())
+            raise ValueError(
+                "layerdrop: the checkpoint's weights do not match its drop_config "
+                f"(attn={sorted(dropped_sets(model.config)[0])}, mlp={sorted(dropped_sets(model.config)[1])}). "
+                f"{details}. The checkpoint is corrupt or its config.json was edited; re-export it from the base model."
+            )
+        return (model, info) if want_info else model
 
     def make_cache(self, max_cache_len: int | None = None) -> Cache:
         """A cache for this model: dynamic, or static with `max_cache_len` slots."""
@@ -277,5 +329,6 @@ class LayerDropMistralForCausalLM(LayerDropCausalLMMixin, MistralForCausalLM):
     config_class = LayerDropMistralConfig
 
 
-for _remote_class in (LayerDropLlamaForCausalLM, LayerDropMistralForCausalLM):
+REMOTE_CLASSES = (LayerDropLlamaForCausalLM, LayerDropMistralForCausalLM)
+for _remote_class in REMOTE_CLASSES:  # patching a stock model in memory yields the same class
     _MIXED_CLASSES[(LayerDropCausalLMMixin, _remote_class.__mro__[2])] = _remote_class

@@ -1,0 +1,263 @@
+"""Portable checkpoints: round trips, loading without the package, strictness, exact size, atomic saves."""
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from layerdrop_patch import DropConfig
+from layerdrop_patch.checkpoint import from_pretrained, save_pretrained
+from layerdrop_patch.patch import apply_drop, parameter_bytes
+from tests.conftest import tiny_model
+
+DROPS = {
+    "block": DropConfig.blocks([1, 4]),
+    "attn": DropConfig(attn=[0, 2, 3]),
+    "mlp": DropConfig(mlp=[2, 5]),
+    "joint": DropConfig(attn=[0, 3, 5], mlp=[1, 3]),
+}
+IDS = torch.randint(1, 128, (2, 9), generator=torch.Generator().manual_seed(11))
+
+
+def _tensor_bytes(directory: Path) -> int:
+    total = 0
+    for file in directory.glob("*.safetensors"):
+        with safe_open(file, "pt") as f:
+            for key in f.keys():
+                t = f.get_tensor(key)
+                total += t.numel() * t.element_size()
+    return total
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral"])
+@pytest.mark.parametrize("drop", list(DROPS))
+def test_round_trip_library_and_remote_code(tmp_path, model_type, drop):
+    base = tiny_model(model_type, 6)
+    model = apply_drop(copy.deepcopy(base), DROPS[drop])
+    save_pretrained(model, tmp_path / "ckpt")
+    with torch.no_grad():
+        expected = model(IDS).logits
+        for loaded in (from_pretrained(tmp_path / "ckpt"),
+                       AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", trust_remote_code=True)):
+            assert torch.equal(loaded(IDS).logits, expected)
+            assert DropConfig.from_model(loaded).attn == sorted(DROPS[drop].attn)
+
+
+def test_checkpoint_bytes_are_original_minus_dropped_exactly(tmp_path):
+    base = tiny_model("llama", 6)
+    base.save_pretrained(tmp_path / "base")
+    model = apply_drop(copy.deepcopy(base), DROPS["joint"])
+    save_pretrained(model, tmp_path / "ckpt")
+    dropped = parameter_bytes(base) - parameter_bytes(model)
+    assert dropped > 0
+    assert _tensor_bytes(tmp_path / "ckpt") == _tensor_bytes(tmp_path / "base") - dropped
+
+
+def test_config_records_drop_auto_map_and_per_layer_skip(tmp_path):
+    model = apply_drop(tiny_model("llama", 6), DROPS["joint"])
+    save_pretrained(model, tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["model_type"] == "layerdrop_llama"
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_layerdrop.LayerDropLlamaForCausalLM"
+    assert config["drop_config"]["attn"] == [0, 3, 5] and config["drop_config"]["mlp"] == [1, 3]
+    assert config["per_layer_config"]["3"]["skip"] == sorted(
+        ["self_attn", "input_layernorm", "mlp", "post_attention_layernorm"])
+    assert (tmp_path / "ckpt" / "modeling_layerdrop.py").read_text() == (
+        Path(__file__).parents[1] / "layerdrop_patch/modeling/modeling_layerdrop.py").read_text()
+
+
+def test_load_time_drop_equals_apply_drop_and_skips_dropped_weights(tmp_path):
+    base = tiny_model("mistral", 6)
+    base.save_pretrained(tmp_path / "base")
+    cfg = DROPS["joint"]
+    loaded = from_pretrained(tmp_path / "base", drop_config=cfg)
+    assert not hasattr(loaded.model.layers[0], "self_attn")
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS).logits, apply_drop(copy.deepcopy(base), cfg)(IDS).logits)
+    bf16 = from_pretrained(tmp_path / "base", drop_config=cfg, dtype=torch.bfloat16, device_map="auto")
+    assert bf16.dtype == torch.bfloat16 and bf16(IDS).logits.shape == (2, 9, 128)
+
+
+def test_weights_that_disagree_with_drop_config_are_refused(tmp_path):
+    model = apply_drop(tiny_model("llama", 6), DROPS["attn"])
+    save_pretrained(model, tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    original = load_file(weights)
+
+    missing = dict(original)
+    del missing["model.layers.1.self_attn.q_proj.weight"]
+    save_file(missing, weights, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"missing.*model\.layers\.1\.self_attn\.q_proj\.weight"):
+        from_pretrained(tmp_path / "ckpt")
+
+    extra = dict(original)
+    extra["model.layers.0.self_attn.q_proj.weight"] = original["model.layers.1.self_attn.q_proj.weight"].clone()
+    save_file(extra, weights, metadata={"format": "pt"})
+    for load in (lambda: from_pretrained(tmp_path / "ckpt"),
+                 lambda: AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", trust_remote_code=True)):
+        with pytest.raises(ValueError, match=r"unexpected.*model\.layers\.0\.self_attn\.q_proj\.weight"):
+            load()
+
+
+def test_edited_drop_config_is_refused(tmp_path):
+    model = apply_drop(tiny_model("llama", 6), DROPS["attn"])
+    save_pretrained(model, tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "config.json"
+    config = json.loads(path.read_text())
+    config["drop_config"]["attn"] = [0, 2]  # claims layer 3 kept, but its weights are gone
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"missing.*layers\.3\.self_attn"):
+        from_pretrained(path.parent)
+
+
+def test_save_refuses_unpruned_models_and_non_empty_targets(tmp_path):
+    with pytest.raises(ValueError, match="no drop_config"):
+        save_pretrained(tiny_model("llama", 2), tmp_path / "x")
+    model = apply_drop(tiny_model("llama", 2), DropConfig(attn=[1]))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file").write_text("keep me")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_pretrained(model, tmp_path / "busy")
+    save_pretrained(model, tmp_path / "busy", overwrite=True)
+    assert not (tmp_path / "busy" / "file").exists() and (tmp_path / "busy" / "config.json").exists()
+
+
+_NO_PACKAGE = textwrap.dedent(
+    """
+    import sys, json, torch
+    sys.path = [p for p in sys.path if p not in ("", {repo!r})]
+    class _Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "layerdrop_patch":
+                raise ImportError("layerdrop_patch is blocked in this process")
+    sys.meta_path.insert(0, _Block())
+    try:
+        import layerdrop_patch  # noqa: F401
+        raise SystemExit("layerdrop_patch was importable")
+    except ImportError:
+        pass
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained({ckpt!r}, trust_remote_code=True)
+    ids = torch.tensor({ids!r})
+    with torch.no_grad():
+        logits = model(ids).logits
+    gens = {{c: model.generate(ids[:1], max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0,
+                              cache_implementation=c, return_dict_in_generate=True) for c in ("dynamic", "static")}}
+    print(json.dumps({{"logits": logits.tolist(), "layers": len(gens["dynamic"].past_key_values.layers),
+                      "gen": {{c: g.sequences.tolist() for c, g in gens.items()}},
+                      "modules": sorted(m for m in sys.modules if m.startswith("layerdrop"))}}))
+    """
+)
+
+
+def run_without_package(ckpt: Path, ids: torch.Tensor) -> dict:
+    repo = str(Path(__file__).parents[1])
+    script = _NO_PACKAGE.format(repo=repo, ckpt=str(ckpt), ids=ids.tolist())
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                            cwd=str(ckpt.parent), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_loads_and_generates_where_layerdrop_patch_is_not_importable(tmp_path):
+    cfg = DropConfig(attn=[0, 2, 3], mlp=[3])
+    model = apply_drop(tiny_model("llama", 6), cfg)
+    save_pretrained(model, tmp_path / "ckpt")
+    out = run_without_package(tmp_path / "ckpt", IDS)
+    assert out["modules"] == []
+    with torch.no_grad():
+        torch.testing.assert_close(torch.tensor(out["logits"]), model(IDS).logits, rtol=0, atol=0)
+    assert out["layers"] == 3
+    expected = model.generate(IDS[:1], max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert out["gen"]["dynamic"] == out["gen"]["static"] == expected.tolist()
+
+
+_SLOW_SAVE = textwrap.dedent(
+    """
+    import sys, time, torch
+    sys.path.insert(0, {repo!r})
+    from safetensors import torch as st
+    from layerdrop_patch import DropConfig
+    from layerdrop_patch.checkpoint import save_pretrained
+    from layerdrop_patch.patch import apply_drop
+    from tests.conftest import tiny_model
+    slow_save = st.save_file
+    def save_file(*args, **kwargs):
+        print("WRITING", flush=True)
+        time.sleep(60)
+        return slow_save(*args, **kwargs)
+    st.save_file = save_file
+    import transformers.modeling_utils as mu
+    if hasattr(mu, "safe_save_file"):
+        mu.safe_save_file = save_file
+    model = apply_drop(tiny_model("llama", 4), DropConfig(attn=[1]))
+    save_pretrained(model, {target!r})
+    """
+)
+
+
+def test_interrupted_save_leaves_nothing_that_loads(tmp_path):
+    target = tmp_path / "ckpt"
+    script = _SLOW_SAVE.format(repo=str(Path(__file__).parents[1]), target=str(target))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    partial = []
+    while time.time() < deadline and not partial:
+        partial = [p for p in tmp_path.iterdir() if p.name.startswith(".ckpt.partial-")]
+        time.sleep(0.05)
+    assert partial, "the save never started"
+    time.sleep(1.0)  # mid-write: config and weights are being produced inside the staging directory
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not target.exists()
+    with pytest.raises(OSError):
+        from_pretrained(target)
+
+
+def test_shipped_remote_code_is_small_and_harmless():
+    import ast
+
+    path = Path(__file__).parents[1] / "layerdrop_patch/modeling/modeling_layerdrop.py"
+    source = path.read_text()
+    assert len(source.splitlines()) <= 400
+    tree = ast.parse(source)
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported <= {"__future__", "contextvars", "copy", "re", "dataclasses", "torch", "transformers"}, imported
+    forbidden = {"eval", "exec", "compile", "__import__", "open", "getattr_static", "importlib", "os", "sys",
+                 "socket", "subprocess", "urllib", "requests", "httpx", "pickle", "marshal"}
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+        n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert not names & forbidden, names & forbidden
+
+
+@pytest.mark.integration
+def test_smollm2_round_trip_without_package(smollm2, tmp_path):
+    model, tokenizer = smollm2
+    cfg = DropConfig(attn=[20, 22, 24, 26], mlp=[27], method="manual")
+    pruned = apply_drop(copy.deepcopy(model), cfg)
+    save_pretrained(pruned, tmp_path / "smol", tokenizer=tokenizer)
+    assert (tmp_path / "smol" / "tokenizer.json").exists()
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    out = run_without_package(tmp_path / "smol", ids)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.tensor(out["logits"]), pruned(ids).logits, rtol=0, atol=0)
+    assert out["layers"] == 26
+    expected = pruned.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert out["gen"]["dynamic"] == out["gen"]["static"] == expected.tolist()
