@@ -277,36 +277,31 @@ def quantize_awq(
 
 
 def save_model(model, tokenizer, out_dir: str | os.PathLike) -> None:
-    """Save through the library's checkpoint writer when it is there (DropConfig + shipped modeling code),
-    else as a plain transformers directory that `load_quantized` reopens with the layerdrop classes."""
-    try:
+    """Save a (quantised) model: a dropped one through `layerdrop_patch.checkpoint.save_pretrained` (weights that
+    remain, DropConfig, shipped modeling code; `quantization_config` is kept), an intact one as plain transformers."""
+    if getattr(model.config, "drop_config", None) is not None:
         from layerdrop_patch.checkpoint import save_pretrained
-    except ImportError:
-        save_pretrained = None
-    if save_pretrained is not None:
-        save_pretrained(model, out_dir)
-    else:
-        model.save_pretrained(out_dir)
+
+        save_pretrained(model, out_dir, tokenizer=tokenizer, overwrite=True)
+        return
+    model.save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
 
 
 def load_quantized(path: str | os.PathLike, **kwargs) -> Any:
-    """Reload a checkpoint written by `quantize_awq` / `save_model` (needs gptqmodel for AWQ layers)."""
-    try:
+    """Reload a checkpoint written by `save_model` (AWQ layers need gptqmodel, as in transformers itself)."""
+    from transformers import AutoModelForCausalLM, PretrainedConfig
+
+    config, _ = PretrainedConfig.get_config_dict(str(path))
+    if (config.get("quantization_config") or {}).get("quant_method") == "awq":
+        import importlib.util
+
+        if importlib.util.find_spec("gptqmodel") is None:
+            raise ImportError(f"{path} is an AWQ checkpoint; transformers loads those only through GPTQModel, which "
+                              f"is not installed. Fix: {AWQ_INSTALL_HINT}")
+    if config.get("drop_config") is not None:
         from layerdrop_patch.checkpoint import from_pretrained
-    except ImportError:
-        from_pretrained = None
-    if from_pretrained is not None:
-        return from_pretrained(str(path), **kwargs)
-    from transformers import AutoConfig
 
-    from layerdrop_patch.modeling import modeling_layerdrop as m
-
-    config = AutoConfig.from_pretrained(path)
-    if getattr(config, "drop_config", None) is None:
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
-    cls = {"llama": m.LayerDropLlamaForCausalLM, "mistral": m.LayerDropMistralForCausalLM}[m.base_model_type(config)]
-    return cls.from_pretrained(path, **kwargs).eval()
+        return from_pretrained(str(path), **kwargs).eval()
+    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs).eval()
