@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import shutil
 import struct
 import tempfile
 from pathlib import Path
@@ -197,9 +196,10 @@ def _eval_section(eval_results: Any) -> str:
     columns, rows = _eval_rows(eval_results)
     if not rows:
         return ""
-    lines = ["## Evaluation", "", "| task | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    header = " | ".join(_format_value(c) for c in columns)
+    lines = ["## Evaluation", "", f"| task | {header} |", "|---" * (len(columns) + 1) + "|"]
     for task, cells in rows:
-        lines.append(f"| {task} | " + " | ".join(_format_value(cells.get(c, "")) for c in columns) + " |")
+        lines.append(f"| {_format_value(task)} | " + " | ".join(_format_value(cells.get(c, "")) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -317,18 +317,23 @@ def write_model_card(checkpoint_dir: str | os.PathLike, eval_results: Any = None
                 raise ValueError(f"scores_plot {source} is not a PNG image.")
         target = directory / SCORES_PLOT_NAME
         if source.resolve() != target.resolve():
-            shutil.copyfile(source, target)
+            _atomic_write(target, source.read_bytes())  # replace, never write through: target may be a hard link
         plot_name = SCORES_PLOT_NAME
     elif (directory / SCORES_PLOT_NAME).is_file():
         plot_name = SCORES_PLOT_NAME
     text = render_model_card(directory, eval_results=eval_results, scores_plot=plot_name, repo_id=repo_id)
-    fd, tmp = tempfile.mkstemp(prefix=".README.md.", dir=directory)
+    return _atomic_write(directory / "README.md", text.encode("utf-8"))
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    """Write via a temp file in the same directory and os.replace: readers see the old file or the new one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model card is meant to be read
-        os.replace(tmp, directory / "README.md")
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return directory / "README.md"
+    return path
