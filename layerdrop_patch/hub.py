@@ -3,10 +3,13 @@
 Why this is more than `model.push_to_hub`: a pruned checkpoint is only correct together with its
 `drop_config`, its `modeling_layerdrop.py` and weights that match both, so we (1) write it through
 `checkpoint.save_pretrained` (or check a directory written by it), (2) regenerate the card so it names the
-repository it is pushed to, and (3) upload the folder in ONE commit through huggingface_hub's own
-`HfApi.create_repo` + `upload_folder`, so a reader never sees weights without the code or card that explain
-them. Nothing here speaks HTTP itself; everything network-facing is huggingface_hub's (LFS or Xet, retries,
-auth), which is also what the tests exercise, with only its HTTP transport replaced.
+repository it is pushed to, and (3) upload the folder through huggingface_hub's own `HfApi.create_repo` +
+`upload_folder`. Nothing here speaks HTTP itself; everything network-facing is huggingface_hub's (LFS or Xet,
+retries, auth), which is also what the tests exercise, with only its HTTP transport replaced.
+
+Commits: without hf_xet, `upload_folder` makes exactly one commit. With hf_xet (huggingface_hub >= 1.x), its
+pipeline commits in batches (256 files, or a batch older than 5 minutes while files are still being
+registered), so a checkpoint normally lands in one commit but a huge sharded one could take several.
 
 The user's checkpoint directory is never modified: it is mirrored into a temporary folder with hard links
 (copies where links are impossible) and the card is written there, replacing -- not writing through -- links.
@@ -168,7 +171,7 @@ def _refresh_card(folder: Path, repo_id: str, eval_results: Any, scores_plot: Pa
 def push_to_hub(model_or_dir: Any, repo_id: str, *, tokenizer: Any = None, private: bool | None = None,
                 token: str | None = None, revision: str | None = None, commit_message: str | None = None,
                 eval_results: Any = None, scores: Any = None, create_pr: bool = False) -> str:
-    """Upload a pruned checkpoint with a generated model card, in one commit; returns the commit URL.
+    """Upload a pruned checkpoint with a generated model card; returns the (last) commit's URL.
 
     Args:
         model_or_dir: a model pruned with `apply_drop` (saved through `checkpoint.save_pretrained` into a temp
@@ -205,7 +208,7 @@ def push_to_hub(model_or_dir: Any, repo_id: str, *, tokenizer: Any = None, priva
             repo_id=repo_id,
             repo_type="model",
             revision=revision,
-            commit_message=commit_message or f"Upload pruned checkpoint ({drop.describe()} removed) with layerdrop-patch",
+            commit_message=commit_message or f"Upload pruned checkpoint ({drop.describe()} removed)",
             create_pr=create_pr,
         )
     if getattr(info, "pr_url", None):

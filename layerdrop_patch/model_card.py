@@ -136,7 +136,9 @@ def _kv_bytes_per_token(config: dict[str, Any], layers: int) -> int | None:
     """K and V bytes one token occupies across `layers` attention layers (one sequence), or None if unknown."""
     heads = config.get("num_attention_heads")
     kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or (config["hidden_size"] // heads if heads and config.get("hidden_size") else None)
+    head_dim = config.get("head_dim")
+    if not head_dim and heads and config.get("hidden_size"):
+        head_dim = config["hidden_size"] // heads
     dtype = str(config.get("dtype") or config.get("torch_dtype") or "").replace("torch.", "")
     if not (kv_heads and head_dim and dtype in _DTYPE_BYTES):
         return None
@@ -199,7 +201,8 @@ def _eval_section(eval_results: Any) -> str:
     header = " | ".join(_format_value(c) for c in columns)
     lines = ["## Evaluation", "", f"| task | {header} |", "|---" * (len(columns) + 1) + "|"]
     for task, cells in rows:
-        lines.append(f"| {_format_value(task)} | " + " | ".join(_format_value(cells.get(c, "")) for c in columns) + " |")
+        values = " | ".join(_format_value(cells.get(c, "")) for c in columns)
+        lines.append(f"| {_format_value(task)} | {values} |")
     return "\n".join(lines) + "\n"
 
 
@@ -210,7 +213,8 @@ def _removed_section(drop: DropConfig, num_layers: int | None, base_model: str |
             ("MLP only", mlp_only)]
     lines = ["## What was removed", "", "| removed | decoder layers (0-based) |", "|---|---|"]
     lines += [f"| {label} | {', '.join(map(str, layers)) if layers else '—'} |" for label, layers in rows]
-    lines += ["", f"- base model: `{base_model or 'unknown'}`" + (f" ({num_layers} decoder layers)" if num_layers else ""),
+    layers_note = f" ({num_layers} decoder layers)" if num_layers else ""
+    lines += ["", f"- base model: `{base_model or 'unknown'}`{layers_note}",
               f"- selection method: `{drop.method}`", f"- importance metric: `{drop.metric or 'n/a'}`",
               f"- calibration data: {drop.calibration or 'n/a'}", f"- layerdrop-patch version: {drop.library_version}"]
     return "\n".join(lines) + "\n"
@@ -223,7 +227,8 @@ def _size_section(config: dict[str, Any], drop: DropConfig, directory: Path | No
     kept_attn = num_layers - len(set(drop.attn))
     kept_mlp = num_layers - len(set(drop.mlp))
     lines = ["## Size and KV cache", "", "| | base model | this model | change |", "|---|---|---|---|",
-             f"| attention layers (= KV-cache layers) | {num_layers} | {kept_attn} | {_pct(num_layers - kept_attn, num_layers)} |",
+             f"| attention layers (= KV-cache layers) | {num_layers} | {kept_attn} | "
+             f"{_pct(num_layers - kept_attn, num_layers)} |",
              f"| MLP layers | {num_layers} | {kept_mlp} | {_pct(num_layers - kept_mlp, num_layers)} |"]
     full_kv, kept_kv = _kv_bytes_per_token(config, num_layers), _kv_bytes_per_token(config, kept_attn)
     if full_kv:

@@ -84,11 +84,6 @@ class FakeHub:
     def _json(status, body):
         return httpx.Response(status, json=body)
 
-    def _repo(self, repo):
-        if repo not in self.repos:
-            return None
-        return self.repos[repo]
-
     # --- endpoints
     def _create_repo(self, request):
         payload = json.loads(request.content)
@@ -230,7 +225,8 @@ def _tiny_state_dict(drop: DropConfig) -> dict[str, torch.Tensor]:
     for layer in range(4):
         p = f"model.layers.{layer}."
         if layer not in drop.attn:
-            sd |= {p + "input_layernorm.weight": torch.ones(h), p + "self_attn.q_proj.weight": torch.randn(h, h, generator=g),
+            sd |= {p + "input_layernorm.weight": torch.ones(h),
+                   p + "self_attn.q_proj.weight": torch.randn(h, h, generator=g),
                    p + "self_attn.k_proj.weight": torch.randn(kv, h, generator=g),
                    p + "self_attn.v_proj.weight": torch.randn(kv, h, generator=g),
                    p + "self_attn.o_proj.weight": torch.randn(h, h, generator=g)}
@@ -464,7 +460,8 @@ def test_write_model_card_is_atomic_and_copies_plot(checkpoint_dir, tmp_path):
     png = tmp_path / "plot.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 32)
     path = write_model_card(checkpoint_dir, eval_results={"rte": 0.7}, scores_plot=png)
-    assert path == checkpoint_dir / "README.md" and (checkpoint_dir / "layerdrop_scores.png").read_bytes() == png.read_bytes()
+    assert path == checkpoint_dir / "README.md"
+    assert (checkpoint_dir / "layerdrop_scores.png").read_bytes() == png.read_bytes()
     assert "| rte | 0.7000 |" in path.read_text()
     assert not [p for p in checkpoint_dir.iterdir() if p.name.startswith(".")]  # no temp files left behind
     assert "layerdrop_scores.png" in write_model_card(checkpoint_dir).read_text()  # a plot already there is kept
