@@ -283,7 +283,7 @@ def render_model_card(checkpoint_dir_or_config: Any, base_model: str | None = No
 
     `scores_plot` is the image's path inside the repository (a bare file name is linked as is; for other paths
     only the file name is used, since `write_model_card` copies the image next to the card). `repo_id` names
-    the repository in the loading snippet; without it the snippet uses the checkpoint directory's name.
+    the repository in the loading snippet; without it the snippet says "path/to/checkpoint".
     """
     config, directory = _load_config(checkpoint_dir_or_config)
     drop = _drop_config(config, str(directory / "config.json") if directory else "this config")
@@ -302,7 +302,8 @@ def render_model_card(checkpoint_dir_or_config: Any, base_model: str | None = No
     if scores_plot is not None:
         name = Path(scores_plot).name
         parts.append(f"## Importance scores\n\n![per-layer importance scores]({name})\n")
-    parts.append(_load_section(repo_id or (directory.resolve().name if directory else "path/to/checkpoint")))
+    # No directory name here: save_pretrained renders the card inside a temporary staging directory.
+    parts.append(_load_section(repo_id or "path/to/checkpoint"))
     return "\n".join(p for p in parts if p is not None).rstrip() + "\n"
 
 

@@ -431,7 +431,7 @@ def test_card_without_eval_results(checkpoint_dir):
     kept = sum(t.numel() for t in _tiny_state_dict(DROP).values())
     total = kept + 2 * 12352 + 18496
     assert f"| parameters | {total / 1000:.2f} K | {kept / 1000:.2f} K |" in card
-    assert 'from_pretrained("ckpt", trust_remote_code=True)' in card  # no repo id: the directory's name
+    assert 'from_pretrained("path/to/checkpoint", trust_remote_code=True)' in card  # no repo id: a placeholder
     assert "only remote code" in card and "imports only `torch` and\n`transformers`" in card
 
 
