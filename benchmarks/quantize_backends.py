@@ -6,7 +6,7 @@ base interpreter, i.e. the project's main environment without the [awq] extra, i
 refusal `quantize_awq` gives (see `layerdrop_patch/quantize.py` for the measurements behind it).
 
 Run (GPTQModel lives in its own virtualenv because it pins numpy 2.2.6):
-    /tmp/awqenv/bin/python benchmarks/quantize_backends.py            # ~10 min on 2 CPU cores
+    /tmp/awqenv/bin/python benchmarks/quantize_backends.py            # ~2-3 min per AWQ run on 2 free CPU cores
     /tmp/awqenv/bin/python benchmarks/quantize_backends.py --tiny     # tiny random model, seconds
 Writes benchmarks/results/quantize_backends[_tiny].json and prints a table.
 """
@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--eval-tokens", type=int, default=16384)
     parser.add_argument("--drop-attn", type=int, default=8, help="attention sublayers to drop (importance order)")
+    parser.add_argument("--runs", default="dropped-sym,dropped-asym,intact-sym,intact-asym,autoawq",
+                        help="comma-separated subset of dropped-sym, dropped-asym, intact-sym, intact-asym, autoawq")
     args = parser.parse_args()
 
     import torch
@@ -90,7 +92,7 @@ def main() -> None:
 
     base = load()
     calib = load_calibration("c4", tokenizer, n_samples=args.n_samples, seq_len=args.seq_len)
-    scores = compute_importance(base, load_calibration("c4", tokenizer, n_samples=16, seq_len=args.seq_len, seed=1),
+    scores = compute_importance(base, load_calibration("c4", tokenizer, n_samples=8, seq_len=256, seed=1),
                                 progress=False)
     drop_cfg = scores.select("attn", n=args.drop_attn)
     fp_ppl = {"intact": quick_perplexity(base, tokenizer, args.eval_tokens)}
@@ -98,8 +100,10 @@ def main() -> None:
     fp_ppl["dropped"] = quick_perplexity(dropped, tokenizer, args.eval_tokens)
     del base, dropped
 
-    runs = [("gptqmodel", "intact", True), ("gptqmodel", "intact", False),
-            ("gptqmodel", "dropped", True), ("gptqmodel", "dropped", False), ("autoawq", "intact", True)]
+    every = {"intact-sym": ("gptqmodel", "intact", True), "intact-asym": ("gptqmodel", "intact", False),
+             "dropped-sym": ("gptqmodel", "dropped", True), "dropped-asym": ("gptqmodel", "dropped", False),
+             "autoawq": ("autoawq", "intact", True)}
+    runs = [every[r.strip()] for r in args.runs.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for backend, which, sym in runs:
