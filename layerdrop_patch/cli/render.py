@@ -1,0 +1,134 @@
+"""Rich tables for results: per-layer scores, a drop, evaluation comparisons, speed comparisons, the demo.
+
+Why separate from the commands: the demo (a library function) prints the same tables the CLI does, and keeping
+presentation apart keeps each command a few lines of option parsing plus one library call.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.table import Table
+
+from layerdrop_patch.cli.common import human_bytes, ratio
+
+
+def _f(v: Any, digits: int = 4, scale: float = 1.0) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v * scale:.{digits}f}"
+
+
+def scores_table(scores: Any, lowest: int | None = None) -> Table:
+    """One row per layer; the `lowest` (default: a sixth of the layers) most redundant attention and MLP
+    sublayers are highlighted."""
+    lowest = lowest or max(1, scores.num_layers // 6)
+    table = Table(title=f"importance ({scores.metric}; lower = more redundant) of {scores.model_name or 'model'}")
+    for col in ("layer", "attn", "mlp", "block"):
+        table.add_column(col, justify="right")
+    marks = {}
+    for kind in ("attn", "mlp"):
+        vals = [(v, i) for i, v in enumerate(scores.scores_for(kind)) if not math.isnan(v)]
+        marks[kind] = {i for _, i in sorted(vals)[:lowest]}
+    for i in range(scores.num_layers):
+        cells = []
+        for kind in ("attn", "mlp", "block"):
+            text = _f(scores.scores_for(kind)[i])
+            cells.append(f"[bold green]{text}[/]" if i in marks.get(kind, ()) else text)
+        table.add_row(str(i), *cells)
+    table.caption = f"green: the {lowest} lowest attention / MLP scores"
+    return table
+
+
+def drop_table(result: dict) -> Table:
+    table = Table(title=f"dropped: {result['dropped']}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("sublayers dropped", str(result["num_dropped"]))
+    table.add_row("attention layers kept (KV-cache layers)", f"{result['kept_attention_layers']}/{result['num_layers']}")
+    table.add_row("parameter bytes before", human_bytes(result["parameter_bytes_before"]))
+    table.add_row("parameter bytes after", human_bytes(result["parameter_bytes_after"]))
+    table.add_row("checkpoint weight bytes", human_bytes(result["checkpoint_bytes"]))
+    return table
+
+
+def eval_table(columns: dict[str, dict], title: str = "evaluation") -> Table:
+    """Tasks (accuracy %), average and perplexity, one column per model; a Δ column for exactly two models."""
+    names = list(columns)
+    table = Table(title=title)
+    table.add_column("task")
+    for name in names:
+        table.add_column(name, justify="right")
+    delta = len(names) == 2
+    if delta:
+        table.add_column("Δ", justify="right")
+    tasks: list[str] = []
+    for res in columns.values():
+        tasks += [t for t in res["tasks"] if t not in tasks]
+
+    def row(label: str, values: list, digits: int, scale: float) -> None:
+        cells = [_f(v, digits, scale) for v in values]
+        if delta:
+            cells.append(_f(values[1] - values[0], digits, scale) if None not in values else "–")
+        table.add_row(label, *cells)
+
+    for t in tasks:
+        metric = next(r["tasks"][t]["metric"] for r in columns.values() if t in r["tasks"])
+        n = next(r["tasks"][t].get("n") for r in columns.values() if t in r["tasks"])
+        row(f"{t} ({metric}, n={n})", [r["tasks"].get(t, {}).get("value") for r in columns.values()], 1, 100.0)
+    if tasks:
+        row("average accuracy (%)", [r["average"] for r in columns.values()], 1, 100.0)
+    if any(r.get("perplexity") for r in columns.values()):
+        p = next(r["perplexity"] for r in columns.values() if r.get("perplexity"))
+        row(f"{p['dataset']} perplexity ({p['tokens']} tok)",
+            [(r.get("perplexity") or {}).get("value") for r in columns.values()], 2, 1.0)
+    return table
+
+
+def bench_table(result: dict) -> Table:
+    s = result["settings"]
+    table = Table(title=f"generate(): batch {s['batch_size']}, prompt {s['prompt_len']}, {s['new_tokens']} new tokens, "
+                        f"median of {s['repeats']} ({s['device']}, {s['dtype']})")
+    for col in ("model", "prefill tok/s", "decode tok/s", "decode speed-up", "KV-cache bytes", "KV ratio"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for name, m in result["models"].items():
+        r = result["ratios"][name]
+        table.add_row(name, _f(m["prefill_tok_s"], 1), _f(m["decode_tok_s"], 1), f"{r['decode_speedup']:.2f}x",
+                      human_bytes(m["kv_cache_bytes"]), _f(r["kv_cache_ratio"], 3))
+    return table
+
+
+def sweep_table(rows: list[dict], kind: str) -> Table:
+    table = Table(title=f"quality vs {kind} sublayers dropped")
+    for col in ("dropped", "which", "average accuracy (%)", "perplexity"):
+        table.add_column(col, justify="right" if col != "which" else "left")
+    for r in rows:
+        table.add_row(str(r["n"]), r["dropped"], _f(r.get("average"), 1, 100.0), _f(r.get("perplexity"), 2))
+    return table
+
+
+def before_after_table(summary: dict) -> Table:
+    """The demo's table: accuracy, perplexity, tokens/s, KV-cache bytes and checkpoint bytes, before and after."""
+    b, a = summary["baseline"], summary["dropped"]
+    table = Table(title=f"{summary['model']}: baseline vs {summary['drop']['dropped']} dropped")
+    for col in ("", "baseline", "dropped", "change"):
+        table.add_column(col, justify="right" if col else "left")
+    for task, res in b["eval"]["tasks"].items():
+        after = a["eval"]["tasks"][task]["value"]
+        table.add_row(f"{task} {res['metric']} (%, n={res['n']})", _f(res["value"], 1, 100), _f(after, 1, 100),
+                      _f(after - res["value"], 1, 100))
+    if b["eval"]["tasks"]:
+        table.add_row("average accuracy (%)", _f(b["eval"]["average"], 1, 100), _f(a["eval"]["average"], 1, 100),
+                      _f(a["eval"]["average"] - b["eval"]["average"], 1, 100))
+    if b["eval"].get("perplexity"):
+        pb, pa = b["eval"]["perplexity"], a["eval"]["perplexity"]
+        table.add_row(f"{pb['dataset']} perplexity ({pb['tokens']} tok)", _f(pb["value"], 2), _f(pa["value"], 2),
+                      ratio(pa["value"], pb["value"]))
+    table.add_row("decode tokens/s", _f(b["decode_tok_s"], 1), _f(a["decode_tok_s"], 1),
+                  ratio(a["decode_tok_s"], b["decode_tok_s"]))
+    table.add_row("KV-cache bytes", human_bytes(b["kv_cache_bytes"]), human_bytes(a["kv_cache_bytes"]),
+                  ratio(a["kv_cache_bytes"], b["kv_cache_bytes"]))
+    table.add_row("checkpoint bytes", human_bytes(b["checkpoint_bytes"]), human_bytes(a["checkpoint_bytes"]),
+                  ratio(a["checkpoint_bytes"], b["checkpoint_bytes"]))
+    return table
