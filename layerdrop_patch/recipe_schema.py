@@ -9,7 +9,7 @@ A recipe (see `recipes/*.yaml`):
     model: smollm2-135m              # hub id, local directory or embedded name   (required)
     calibration: {source, n_samples, seq_len, seed, batch_size}
     drop: {kind, method, n | ratio, metric, mode, protect, keep_last, seed}   (required)
-    recover: {steps, lr, rank, alpha, batch_size, seq_len, merge, data, seed}  (optional: LoRA recovery)
+    recover: {steps, lr, rank, alpha, batch_size, seq_len, merge, data, seed, eval_tokens}  (optional: LoRA recovery)
     quantize: {backend, bits, group_size, sym, n_samples, seq_len, max_ppl_ratio} (optional: AWQ)
     evaluate: {tasks, limit, num_fewshot, batch_size, baseline, perplexity, perplexity_tokens, perplexity_seq_len}
     output: runs/name                # relative to the working directory
@@ -94,6 +94,7 @@ SCHEMA: dict[str, Any] = {
         "merge": Field("bool", True),
         "data": Field("str", "c4"),
         "seed": Field("int", 0),
+        "eval_tokens": Field("int", 8192, check=_non_negative, doc="WikiText-2 tokens for perplexity before/after; 0 skips"),
     },
     "quantize": {
         "backend": Field("str", "gptqmodel", choices=("gptqmodel", "autoawq")),

@@ -69,10 +69,9 @@ def _recover(run, steps) -> dict:
 
     r = run.recipe["recover"]
     model, tok = run.current_model(steps, "recover")
-    e = run.recipe["evaluate"]
     model, res = recover_lora(model, tok, r["data"], steps=r["steps"], batch_size=r["batch_size"], seq_len=r["seq_len"],
                               lr=r["lr"], rank=r["rank"], alpha=r["alpha"], merge=r["merge"], seed=r["seed"],
-                              eval_tokens=e["perplexity_tokens"] if e["perplexity"] else None, progress=run.progress)
+                              eval_tokens=r["eval_tokens"] or None, progress=run.progress)
     out = run.out / "model-recovered"
     result = {"ppl_before": res.ppl_before, "ppl_after": res.ppl_after, "steps": res.steps, "seconds": res.seconds,
               "merged": res.merged, "final_loss": res.losses[-1] if res.losses else None}
