@@ -9,7 +9,10 @@ Task settings (shots, metric per task) live in `settings.TASKS` / `settings.TASK
 """
 
 from layerdrop_patch.evaluation.harness import evaluate
+from layerdrop_patch.evaluation.long_context import banking77_icl
+from layerdrop_patch.evaluation.perplexity import perplexity
 from layerdrop_patch.evaluation.results import EvalResult, TaskScore
+from layerdrop_patch.evaluation.sdr import sdr
 from layerdrop_patch.evaluation.settings import TASK_SETS, TASKS, TaskSpec, resolve_tasks
 
-__all__ = ["evaluate", "EvalResult", "TaskScore", "TASKS", "TASK_SETS", "TaskSpec", "resolve_tasks"]
+__all__ = ["evaluate", "perplexity", "sdr", "banking77_icl", "EvalResult", "TaskScore", "TASKS", "TASK_SETS", "TaskSpec", "resolve_tasks"]
