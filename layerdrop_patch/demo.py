@@ -90,6 +90,7 @@ def _base_checkpoint_bytes(model_name: str, model: Any) -> int:
 def run_demo(model_name: str = "smollm2-135m", out_dir: str | Path = "demo_out", *, n_attn: int | None = None,
              tasks: list[str] | None = ("arc_easy", "piqa", "lambada_openai"), limit: int = 100,
              calibration_samples: int = 16, calibration_seq_len: int = 256, ppl_tokens: int = 4096,
+             ppl_dataset: str = "wikitext2",
              new_tokens: int = 32, prompt_len: int = 64, repeats: int = 3, sweep: bool = True,
              sweep_counts: tuple[int, ...] = SWEEP_COUNTS, progress: bool = True) -> dict:
     """Run the demo; returns the summary that is also written to `out_dir/demo_summary.json`."""
@@ -127,14 +128,15 @@ def run_demo(model_name: str = "smollm2-135m", out_dir: str | Path = "demo_out",
     done("score")
 
     eval_kwargs = dict(tasks=list(tasks) if tasks else None, limit=limit, perplexity_tokens=ppl_tokens,
-                       progress=progress)
+                       perplexity_dataset=ppl_dataset, progress=progress)
     sweep_rows = None
     if sweep:
         stage("perplexity sweep")
         sweep_rows = pipeline.drop_sweep(model, tok, scores, "attn", sweep_counts, tasks=None,
-                                         perplexity_tokens=min(ppl_tokens, 2048), progress=progress)
+                                         perplexity_dataset=ppl_dataset, perplexity_tokens=min(ppl_tokens, 2048),
+                                         progress=progress)
         pipeline.plot_sweep(sweep_rows, out / "perplexity_vs_attn_dropped.png", kind="attention", chosen=k,
-                            title=f"{model_name}: WikiText-2 perplexity vs attention layers dropped")
+                            title=f"{model_name}: {ppl_dataset} perplexity vs attention layers dropped")
         console.print(render.sweep_table(sweep_rows, "attention"))
         done("perplexity sweep")
 

@@ -96,6 +96,9 @@ def load_any(name_or_path: str, dtype: str | None = None, device_map: str | None
     if device_map:
         kwargs["device_map"] = device_map
     path = resolve_model(str(name_or_path))
+    if not Path(path).exists() and (path.startswith(("/", ".", "~")) or path.count("/") > 1):
+        raise FileNotFoundError(f"model directory {path} does not exist (a hub id looks like `owner/name`; the "
+                                "embedded model is `smollm2-135m`).")
     config = read_checkpoint_config(path)
     if config is None and Path(path).exists():
         raise FileNotFoundError(f"{path} exists but has no config.json; pass a model directory written by "
@@ -109,7 +112,13 @@ def load_any(name_or_path: str, dtype: str | None = None, device_map: str | None
         from layerdrop_patch.checkpoint import from_pretrained
 
         return from_pretrained(path, **kwargs).eval(), AutoTokenizer.from_pretrained(path)
-    return load_model(path, **kwargs)
+    try:
+        return load_model(path, **kwargs)
+    except OSError as err:  # transformers' "not a local folder and not a valid model identifier" & co.
+        if Path(path).exists():
+            raise
+        raise FileNotFoundError(f"could not load {path!r}: it is not a local directory and the hub did not provide "
+                                f"it ({err}). Offline? Pass a local directory or `smollm2-135m`.") from None
 
 
 def calibration_for(tokenizer: Any, source: str = "c4", n_samples: int = 32, seq_len: int = 512, seed: int = 0):

@@ -46,7 +46,8 @@ def demo(
     tasks: str = typer.Option("arc_easy,piqa,lambada_openai", help="Tasks evaluated (first --limit documents each)."),
     limit: int = typer.Option(100, help="Documents per task."),
     calibration_samples: int = typer.Option(16, help="C4 calibration chunks for scoring."),
-    ppl_tokens: int = typer.Option(4096, help="WikiText-2 tokens for perplexity."),
+    ppl_tokens: int = typer.Option(4096, help="Tokens scored for perplexity."),
+    ppl_dataset: str = typer.Option("wikitext2", help="Perplexity text: wikitext2 | c4 | a UTF-8 text file."),
     new_tokens: int = typer.Option(32, help="Tokens generated per speed measurement."),
     sweep: bool = typer.Option(True, help="Also plot perplexity against the number of attention layers dropped."),
 ):
@@ -62,7 +63,7 @@ def demo(
     from layerdrop_patch.demo import run_demo
 
     run_demo(model, out, n_attn=n_attn, tasks=str_list(tasks), limit=limit, calibration_samples=calibration_samples,
-             ppl_tokens=ppl_tokens, new_tokens=new_tokens, sweep=sweep)
+             ppl_tokens=ppl_tokens, ppl_dataset=ppl_dataset, new_tokens=new_tokens, sweep=sweep)
 
 
 def main() -> None:

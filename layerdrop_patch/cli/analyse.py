@@ -124,8 +124,9 @@ def eval_(
     limit: Optional[float] = typer.Option(None, help="First N documents per task (or a fraction < 1)."),
     num_fewshot: Optional[int] = typer.Option(None, help="Shots for every task (default: the paper's per task)."),
     batch_size: int = typer.Option(8, help="lm-eval batch size."),
-    perplexity: bool = typer.Option(True, help="Also WikiText-2 perplexity."),
-    ppl_tokens: int = typer.Option(8192, help="Tokens of WikiText-2 scored."),
+    perplexity: bool = typer.Option(True, help="Also measure perplexity (WikiText-2 by default)."),
+    ppl_tokens: int = typer.Option(8192, help="Tokens scored for perplexity."),
+    ppl_dataset: str = typer.Option("wikitext2", help="Perplexity text: wikitext2 | c4 | a UTF-8 text file."),
     sweep: Optional[str] = typer.Option(None, help="Counts to sweep, e.g. 0,2,4,8: drop that many KIND units of the "
                                                    "first model by --scores and evaluate each (plots the curve)."),
     kind: str = typer.Option("attn", help="What --sweep drops: attn | mlp | block | joint."),
@@ -147,7 +148,7 @@ def eval_(
 
     settings = dict(tasks=str_list(tasks) or None, limit=int(limit) if limit and limit >= 1 else limit,
                     num_fewshot=num_fewshot, batch_size=batch_size,
-                    perplexity_dataset="wikitext2" if perplexity else None, perplexity_tokens=ppl_tokens)
+                    perplexity_dataset=ppl_dataset if perplexity else None, perplexity_tokens=ppl_tokens)
     if sweep:
         if scores is None:
             raise ValueError("--sweep needs --scores scores.json (from `layerdrop score`).")
