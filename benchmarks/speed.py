@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import sys
 import time
@@ -104,7 +105,8 @@ def main(argv=None) -> dict:
     out["settings"].update(model=args.model, layer_choice=f"importance ({scores_path})" if scores else "reverse (deepest k)",
                            host=platform.node(), cpu=platform.processor() or platform.machine(),
                            gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-                           wall_s=round(time.time() - started, 1))
+                           wall_s=round(time.time() - started, 1),
+                           load_avg_1m=os.getloadavg()[0], cpu_count=os.cpu_count())
     out["drop_configs"] = {k: {"attn": v["attn"], "mlp": v["mlp"]} for k, v in configs.items()}
 
     print(f"\n{args.model} on {args.device} ({dtype}), batch {args.batch}, {args.prompt_len} in + "
