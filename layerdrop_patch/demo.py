@@ -95,6 +95,7 @@ def run_demo(model_name: str = "smollm2-135m", out_dir: str | Path = "demo_out",
              sweep_counts: tuple[int, ...] = SWEEP_COUNTS, progress: bool = True) -> dict:
     """Run the demo; returns the summary that is also written to `out_dir/demo_summary.json`."""
     from rich.console import Console
+    from rich.markup import escape
 
     from layerdrop_patch.cli import render
 
@@ -165,7 +166,7 @@ def run_demo(model_name: str = "smollm2-135m", out_dir: str | Path = "demo_out",
     reload = reload_without_package(out / "checkpoint", pruned, tok)
     console.print(f"loaded as {reload['class']} in a process without layerdrop_patch: max |Δlogit| = "
                   f"{reload['max_abs_logit_diff']:.2e}, same greedy tokens: {reload['same_greedy_tokens']}")
-    console.print(f"[bold]prompt:[/] {PROMPT}\n[bold]dropped model (reloaded):[/] {reload['text']}")
+    console.print(f"[bold]prompt:[/] {PROMPT}\n[bold]dropped model (reloaded):[/] {escape(reload['text'])}")
     done("reload without layerdrop_patch")
 
     summary = {

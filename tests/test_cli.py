@@ -178,6 +178,12 @@ def test_recipe_commands(runner, work, tmp_path):
                     f"evaluate: {{baseline: false, perplexity_dataset: {work / 'ppl.txt'}, perplexity_tokens: 128,"
                     f" perplexity_seq_len: 64}}\noutput: {tmp_path / 'run'}\n")
     assert "score" in invoke(runner, "recipe", "validate", good).output
+    import importlib.util
+
+    awq = Path(__file__).resolve().parents[1] / "recipes" / "smollm2-attn-drop-awq.yaml"
+    shown = invoke(runner, "recipe", "validate", awq).output.replace("\n", "")
+    if importlib.util.find_spec("gptqmodel") is None:  # the warning says how to install, brackets intact
+        assert "pip install 'layerdrop-patch[awq]'" in shown
     invoke(runner, "recipe", "run", good)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"]["drop"]["num_dropped"] == 2
     again = invoke(runner, "recipe", "run", good).output

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -45,7 +46,7 @@ def handle_errors(fn: Callable) -> Callable:
         except _user_errors() as err:
             if os.environ.get("LAYERDROP_TRACEBACK"):
                 raise
-            err_console.print(f"[bold red]Error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
+            err_console.print(f"[bold red]Error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper

@@ -13,6 +13,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from rich.markup import escape
+
 from layerdrop_patch.cli.common import console, handle_errors
 
 recipe_app = typer.Typer(
@@ -66,7 +68,7 @@ def validate(
     console.print(f"model: {recipe['model']} (dtype {recipe['dtype']})")
     console.print(table)
     for w in _warnings(recipe):
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {escape(w)}")
     fingerprints(recipe, steps)
 
 
@@ -90,7 +92,7 @@ def run(
 
     recipe, _ = load_recipe(file, set_ or [])
     for w in _warnings(recipe):
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {escape(w)}")
     summary = run_recipe(file, resume=resume, out=out, overrides=set_ or [],
                          log=lambda line: console.print(line, highlight=False, markup=False))
     console.print(f"finished: artifacts in {summary['output']} (final checkpoint: {summary['final_checkpoint']}/)")
