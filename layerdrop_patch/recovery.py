@@ -167,7 +167,7 @@ def recover_lora(
     for step in bar:
         index = torch.randint(0, rows.shape[0], (batch_size,), generator=generator) if rows.shape[0] < steps * batch_size \
             else torch.arange(step * batch_size, (step + 1) * batch_size)
-        batch = rows[index]
+        batch = rows[index].to(peft_model.get_input_embeddings().weight.device)  # GPU models: inputs follow the embeddings
         loss = peft_model(input_ids=batch, labels=batch, use_cache=False).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"LoRA recovery loss became {loss.item()} at step {step}; lower lr (now {lr}).")
