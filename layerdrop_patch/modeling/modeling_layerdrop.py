@@ -28,7 +28,9 @@ import re
 from dataclasses import dataclass
 
 from transformers import Cache, DynamicCache, StaticCache
+from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+from transformers import Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 MODEL_TYPE_PREFIX = "layerdrop_"
 
@@ -55,16 +57,34 @@ class Architecture:
     mlp: Sublayer
 
 
+# Llama-style: one RMSNorm before each sublayer. Qwen3's q/k norms live inside `self_attn`, so they go with it.
 _PRE_NORM_ONLY = Architecture(
     attn=Sublayer("self_attn", "input_layernorm"),
     mlp=Sublayer("mlp", "post_attention_layernorm"),
 )
+# Gemma 2/3 normalise each branch's output too; in these layers `post_attention_layernorm` is that output norm.
+_PRE_AND_POST_NORM = Architecture(
+    attn=Sublayer("self_attn", "input_layernorm", "post_attention_layernorm"),
+    mlp=Sublayer("mlp", "pre_feedforward_layernorm", "post_feedforward_layernorm"),
+)
+# Phi-3 (fused qkv_proj / gate_up_proj, both inside their modules) adds a dropout on each branch's output.
+_PRE_NORM_RESID_DROPOUT = Architecture(
+    attn=Sublayer("self_attn", "input_layernorm", dropout="resid_attn_dropout"),
+    mlp=Sublayer("mlp", "post_attention_layernorm", dropout="resid_mlp_dropout"),
+)
 
 # model_type -> descriptor. Adding a family = one entry here (plus its remote-code classes below and a
 # parametrised test). The library's `architectures.py` builds its support table from this dict.
+# Attention modules of every family here read `layer_idx` only to address the cache; sliding vs full is
+# fixed per module at construction (or by config for the whole model), so remapping `layer_idx` is safe.
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": _PRE_NORM_ONLY,
     "mistral": _PRE_NORM_ONLY,
+    "qwen2": _PRE_NORM_ONLY,
+    "qwen3": _PRE_NORM_ONLY,
+    "gemma2": _PRE_AND_POST_NORM,
+    "gemma3_text": _PRE_AND_POST_NORM,
+    "phi3": _PRE_NORM_RESID_DROPOUT,
 }
 
 
@@ -169,8 +189,8 @@ def make_compact_cache(config, like: Cache | None = None, max_cache_len: int | N
     view = compact_cache_config(config)
     offloading = getattr(like, "offloading", False)
     if isinstance(like, StaticCache) or (like is None and max_cache_len is not None):
-        if max_cache_len is None:
-            max_cache_len = like.layers[0].max_cache_len
+        if max_cache_len is None:  # the longest layer: in hybrid models layer 0 may be a short sliding one
+            max_cache_len = max(layer.max_cache_len for layer in like.layers)
         cache = StaticCache(config=view, max_cache_len=max_cache_len, offloading=offloading)
         first = like.layers[0] if like is not None and like.layers else None
         if first is not None and getattr(first, "is_initialized", False) and first.keys is not None:
@@ -313,22 +333,26 @@ def prune_model(model) -> None:
 # Saved checkpoints name these in config.json's `auto_map`. The `layerdrop_` model types make plain
 # transformers refuse such a checkpoint without `trust_remote_code` instead of silently random-initialising
 # the removed weights.
-class LayerDropLlamaConfig(LlamaConfig):
-    model_type = MODEL_TYPE_PREFIX + "llama"
+def _remote_pair(config_class: type, model_class: type) -> tuple[type, type]:
+    """LayerDrop<X>Config / LayerDrop<X>ForCausalLM for one family, named after the stock classes."""
+    prefix = "LayerDrop"
+    config = type(prefix + config_class.__name__, (config_class,),
+                  {"model_type": MODEL_TYPE_PREFIX + config_class.model_type, "__module__": __name__})
+    model = type(prefix + model_class.__name__, (LayerDropCausalLMMixin, model_class),
+                 {"config_class": config, "__module__": __name__})
+    return config, model
 
 
-class LayerDropLlamaForCausalLM(LayerDropCausalLMMixin, LlamaForCausalLM):
-    config_class = LayerDropLlamaConfig
+LayerDropLlamaConfig, LayerDropLlamaForCausalLM = _remote_pair(LlamaConfig, LlamaForCausalLM)
+LayerDropMistralConfig, LayerDropMistralForCausalLM = _remote_pair(MistralConfig, MistralForCausalLM)
+LayerDropQwen2Config, LayerDropQwen2ForCausalLM = _remote_pair(Qwen2Config, Qwen2ForCausalLM)
+LayerDropQwen3Config, LayerDropQwen3ForCausalLM = _remote_pair(Qwen3Config, Qwen3ForCausalLM)
+LayerDropGemma2Config, LayerDropGemma2ForCausalLM = _remote_pair(Gemma2Config, Gemma2ForCausalLM)
+LayerDropGemma3TextConfig, LayerDropGemma3ForCausalLM = _remote_pair(Gemma3TextConfig, Gemma3ForCausalLM)
+LayerDropPhi3Config, LayerDropPhi3ForCausalLM = _remote_pair(Phi3Config, Phi3ForCausalLM)
 
-
-class LayerDropMistralConfig(MistralConfig):
-    model_type = MODEL_TYPE_PREFIX + "mistral"
-
-
-class LayerDropMistralForCausalLM(LayerDropCausalLMMixin, MistralForCausalLM):
-    config_class = LayerDropMistralConfig
-
-
-REMOTE_CLASSES = (LayerDropLlamaForCausalLM, LayerDropMistralForCausalLM)
+REMOTE_CLASSES = (LayerDropLlamaForCausalLM, LayerDropMistralForCausalLM, LayerDropQwen2ForCausalLM,
+                  LayerDropQwen3ForCausalLM, LayerDropGemma2ForCausalLM, LayerDropGemma3ForCausalLM,
+                  LayerDropPhi3ForCausalLM)
 for _remote_class in REMOTE_CLASSES:  # patching a stock model in memory yields the same class
     _MIXED_CLASSES[(LayerDropCausalLMMixin, _remote_class.__mro__[2])] = _remote_class
