@@ -45,26 +45,43 @@ def test_every_command_has_help_with_an_example(runner, command):
     assert "Example" in result.output, result.output
 
 
-def test_score_then_drop_by_scores(runner, work):
+@pytest.fixture(scope="module")
+def scored(runner, work):
+    """`layerdrop score` on the tiny model; returns its scores.json path."""
     invoke(runner, "score", work / "tiny", "--n-samples", 4, "--seq-len", 32, "-o", work / "scores")
+    return work / "scores" / "scores.json"
+
+
+@pytest.fixture(scope="module")
+def attn2(runner, work, scored):
+    """The 2 lowest-scoring attention sublayers dropped by `layerdrop drop --scores`; returns (dir, output)."""
+    out = invoke(runner, "drop", work / "tiny", "--kind", "attn", "-n", 2, "--scores", scored, "-o", work / "attn2").output
+    return work / "attn2", out
+
+
+@pytest.fixture(scope="module")
+def manual(runner, work):
+    """Block 1 and attention 3 dropped by hand."""
+    invoke(runner, "drop", work / "tiny", "--blocks", 1, "--attn", 3, "-o", work / "manual")
+    return work / "manual"
+
+
+def test_score_then_drop_by_scores(work, scored, attn2):
     for name in ("importance.png", "drop_order.png"):
         assert (work / "scores" / name).read_bytes()[:8] == PNG
-    scores = json.loads((work / "scores" / "scores.json").read_text())
+    scores = json.loads(scored.read_text())
     assert scores["num_layers"] == NUM_LAYERS and scores["tokens"] == 4 * 32
     attn = scores["metrics"]["cosine"]["attn"]
     lowest_two = sorted(sorted(range(NUM_LAYERS), key=attn.__getitem__)[:2])
-
-    out = invoke(runner, "drop", work / "tiny", "--kind", "attn", "-n", 2, "--scores", work / "scores" / "scores.json",
-                 "-o", work / "attn2").output
-    config = json.loads((work / "attn2" / "config.json").read_text())
+    path, out = attn2
+    config = json.loads((path / "config.json").read_text())
     assert config["drop_config"]["attn"] == lowest_two and config["drop_config"]["mlp"] == []
     assert config["drop_config"]["base_model"] == str(work / "tiny")
     assert "2/4" in out  # attention layers kept
 
 
-def test_drop_manual_blocks_and_a_baseline_without_scores(runner, work):
-    invoke(runner, "drop", work / "tiny", "--blocks", 1, "--attn", 3, "-o", work / "manual")
-    cfg = json.loads((work / "manual" / "config.json").read_text())["drop_config"]
+def test_drop_manual_blocks_and_a_baseline_without_scores(runner, work, manual):
+    cfg = json.loads((manual / "config.json").read_text())["drop_config"]
     assert (cfg["attn"], cfg["mlp"]) == ([1, 3], [1])
     invoke(runner, "drop", work / "tiny", "--kind", "mlp", "-n", 2, "--method", "reverse", "--keep-last",
            "-o", work / "reverse")
@@ -84,7 +101,7 @@ def test_user_errors_are_one_line_without_traceback(runner, work):
     assert result.exit_code == 1 and "Error:" in result.output
 
 
-def test_eval_compares_models_and_bench_measures_the_kv_cache(runner, work):
+def test_eval_compares_models_and_bench_measures_the_kv_cache(runner, work, attn2):
     ppl = work / "ppl.txt"
     invoke(runner, "eval", work / "tiny", work / "attn2", "--tasks", "", "--ppl-dataset", ppl, "--ppl-tokens", 256,
            "-o", work / "eval")
@@ -101,7 +118,7 @@ def test_eval_compares_models_and_bench_measures_the_kv_cache(runner, work):
     assert bench["models"][str(work / "attn2")]["kv_cache_layers"] == 2
 
 
-def test_eval_sweep_plots_quality_against_dropped_count(runner, work):
+def test_eval_sweep_plots_quality_against_dropped_count(runner, work, scored):
     invoke(runner, "eval", work / "tiny", "--sweep", "0,1,2", "--scores", work / "scores" / "scores.json",
            "--tasks", "", "--ppl-dataset", work / "ppl.txt", "--ppl-tokens", 256, "-o", work / "sweep")
     rows = json.loads((work / "sweep" / "sweep.json").read_text())
@@ -109,14 +126,14 @@ def test_eval_sweep_plots_quality_against_dropped_count(runner, work):
     assert (work / "sweep" / "perplexity_vs_dropped.png").read_bytes()[:8] == PNG
 
 
-def test_eval_runs_an_lm_eval_task(runner, work):
+def test_eval_runs_an_lm_eval_task(runner, work, attn2):
     invoke(runner, "eval", work / "attn2", "--tasks", "arc_easy", "--limit", 2, "--no-perplexity", "-o", work / "lm")
     res = json.loads((work / "lm" / "eval.json").read_text())[str(work / "attn2")]
     score = res["tasks"]["arc_easy"]
     assert score["n"] == 2 and score["metric"] == "acc_norm" and 0.0 <= score["value"] <= 1.0
 
 
-def test_recover_writes_a_reloadable_checkpoint_and_loss_curve(runner, work):
+def test_recover_writes_a_reloadable_checkpoint_and_loss_curve(runner, work, manual):
     invoke(runner, "recover", work / "manual", "-o", work / "recovered", "--steps", 2, "--batch-size", 2,
            "--seq-len", 32, "--eval-tokens", 0)
     assert (work / "recovered" / "loss.png").read_bytes()[:8] == PNG
@@ -127,13 +144,13 @@ def test_recover_writes_a_reloadable_checkpoint_and_loss_curve(runner, work):
     assert model.config.drop_config["attn"] == [1, 3]
 
 
-def test_quantize_refuses_autoawq_with_the_reason(runner, work):
+def test_quantize_refuses_autoawq_with_the_reason(runner, work, attn2):
     result = invoke(runner, "quantize", work / "attn2", "-o", work / "awq", "--backend", "autoawq", ok=False)
     assert result.exit_code == 1 and "backend='autoawq'" in result.output and "Fix:" in result.output
     assert not (work / "awq").exists()
 
 
-def test_export_is_wired_to_the_export_module(runner, work):
+def test_export_is_wired_to_the_export_module(runner, work, manual):
     import importlib.util
 
     result = invoke(runner, "export", work / "manual", "--format", "standard", "-o", work / "exported", ok=False)
@@ -143,7 +160,7 @@ def test_export_is_wired_to_the_export_module(runner, work):
         assert result.exit_code in (0, 1) and "Traceback" not in result.output
 
 
-def test_push_uploads_the_checkpoint_folder_through_huggingface_hub(runner, work, monkeypatch):
+def test_push_uploads_the_checkpoint_folder_through_huggingface_hub(runner, work, monkeypatch, attn2, scored):
     import huggingface_hub
 
     uploaded = {}
