@@ -120,7 +120,7 @@ def run_demo(model_name: str = "smollm2-135m", out_dir: str | Path = "demo_out",
     stage("score")
     calibration = pipeline.calibration_for(tok, "c4", calibration_samples, calibration_seq_len, seed=0)
     console.print(f"calibration: {calibration.description}")
-    scores = pipeline.score_model(model, calibration, out, progress=progress, plot_kind="attn")
+    scores = pipeline.score_model(model, calibration, out, progress=progress, plot_kind="attn", model_name=model_name)
     k = DEMO_N_ATTN if n_attn is None else n_attn
     cfg, _ = pipeline.choose_drop(scores, "attn", n=k, model=model, out_dir=out)
     cfg.base_model = model_name

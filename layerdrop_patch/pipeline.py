@@ -129,14 +129,18 @@ def calibration_for(tokenizer: Any, source: str = "c4", n_samples: int = 32, seq
 
 # ----------------------------------------------------------------------------------------------- scoring
 def score_model(model: Any, calibration: Any, out_dir: str | os.PathLike | None = None, *, metric: str = "cosine",
-                batch_size: int = 1, offload: bool = False, progress: bool = True, plot_kind: str = "joint"):
+                batch_size: int = 1, offload: bool = False, progress: bool = True, plot_kind: str = "joint",
+                model_name: str | None = None):
     """Importance scores of every sublayer; with `out_dir`, also `scores.json`, `importance.png` and
-    `drop_order.png` (the order in which `plot_kind` units would be dropped)."""
+    `drop_order.png` (the order in which `plot_kind` units would be dropped). `model_name` replaces the
+    model's own `_name_or_path` (for the embedded model a cache path) in the JSON and the plot titles."""
     from layerdrop_patch.plots import plot_drop_order, plot_importance
     from layerdrop_patch.scoring import compute_importance
 
     scores = compute_importance(model, calibration, batch_size=batch_size, metric=metric, offload=offload,
                                 progress=progress)
+    if model_name:
+        scores.model_name = model_name
     if out_dir is not None:
         out = Path(out_dir)
         atomic_write_json(out / "scores.json", scores.to_dict())

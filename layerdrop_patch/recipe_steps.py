@@ -24,7 +24,7 @@ def _score(run, steps) -> dict:
     kind = run.recipe["drop"]["kind"]
     scores = pipeline.score_model(model, calibration, run.out, metric=run.recipe["drop"]["metric"],
                                   batch_size=run.recipe["calibration"]["batch_size"], progress=run.progress,
-                                  plot_kind="attn" if kind == "block" else kind)
+                                  plot_kind="attn" if kind == "block" else kind, model_name=run.recipe["model"])
     return {"calibration": calibration.description, "tokens": scores.tokens,
             "outputs": ["scores.json", "importance.png", "drop_order.png"]}
 

@@ -71,6 +71,7 @@ def test_score_then_drop_by_scores(work, scored, attn2):
         assert (work / "scores" / name).read_bytes()[:8] == PNG
     scores = json.loads(scored.read_text())
     assert scores["num_layers"] == NUM_LAYERS and scores["tokens"] == 4 * 32
+    assert scores["model_name"] == str(work / "tiny")  # the argument as given, not a resolved cache path
     attn = scores["metrics"]["cosine"]["attn"]
     lowest_two = sorted(sorted(range(NUM_LAYERS), key=attn.__getitem__)[:2])
     path, out = attn2

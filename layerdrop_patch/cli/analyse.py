@@ -54,7 +54,7 @@ def score(
     m, tok = pipeline.load_any(model, dtype, device_map)
     cal = _calibration(tok, calibration, n_samples, seq_len, seed)
     scores = pipeline.score_model(m, cal, out, metric=metric, batch_size=batch_size, offload=offload,
-                                  plot_kind=plot_kind)
+                                  plot_kind=plot_kind, model_name=model)
     console.print(render.scores_table(scores))
     console.print(f"calibration: {scores.calibration}", highlight=False)
     console.print(f"wrote {out}/scores.json, importance.png, drop_order.png")
@@ -108,7 +108,8 @@ def drop(
         if method == "importance" and (loaded is None or mode == "iterative"):
             cal = _calibration(tok, calibration, n_samples, seq_len, 0)
             if loaded is None and mode == "one-shot":
-                loaded = pipeline.score_model(m, cal, out.parent / f"{out.name}-scores", metric=metric)
+                loaded = pipeline.score_model(m, cal, out.parent / f"{out.name}-scores", metric=metric,
+                                              model_name=model)
         cfg, _ = pipeline.choose_drop(loaded, kind, n=n, ratio=ratio, method=method, mode=mode,
                                       protect=int_list(protect, "--protect"), keep_last=keep_last, seed=seed, model=m,
                                       calibration=cal, metric=metric)
