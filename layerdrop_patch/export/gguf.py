@@ -1,0 +1,241 @@
+"""Export a dropped model to GGUF for llama.cpp / Ollama, through the `gguf` package.
+
+llama.cpp cannot run our remote code, but its `deci` architecture (written for Nemotron-NAS) reads the
+structure of every layer from per-layer metadata arrays: `deci.attention.head_count` (0 = no attention),
+`deci.attention.head_count_kv` (0 with heads > 0 = "linear attention": only `attn_output` on the normed
+input) and `deci.feed_forward_length` (0 = no FFN). Layers are first packed (`common.pack_layers`): removed
+whole blocks disappear, and "MLP i + attention i+1 dropped" becomes one ordinary layer. When every packed
+layer is complete the file uses the plain `llama` architecture instead, which every llama.cpp build runs.
+
+Two llama.cpp behaviours (checked in its `deci` graph and hparams loader) would make a naive file run wrong,
+so they are handled here rather than written blindly:
+
+* a layer with attention but `feed_forward_length` 0 skips the code that stores the layer's output, so its
+  attention is silently discarded. Such layers get an exact *zero FFN* instead (norm weight 1, gate/up/down
+  all zero, width `ZERO_FFN_WIDTH`: it adds exactly 0), or the export is refused with
+  `attention_only_layers="refuse"`.
+* head sizes are derived from layer 0's head count; if layer 0 has none they become 0 and every attention
+  breaks. A first layer without attention therefore gets an exact *zero linear attention* (head_count > 0,
+  head_count_kv 0, `attn_output` all zero: no KV cache, adds exactly 0).
+
+Q/K projections are permuted from transformers' rotate-half layout to llama.cpp's interleaved RoPE layout,
+as llama.cpp's own converter does. Weights are written in f32 (exact) or f16.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from layerdrop_patch.export.common import (
+    ExportError,
+    atomic_file,
+    check_supported,
+    drop_of,
+    global_tensors,
+    pack_layers,
+    sublayer_tensors,
+)
+
+__all__ = ["export_gguf", "gguf_layer_plan", "GGUFLayer", "ZERO_FFN_WIDTH", "permute_for_rope"]
+
+ZERO_FFN_WIDTH = 256  # a quantisation-friendly width for the placeholder FFN (k-quants need multiples of 256)
+_DTYPES = {"f32": (np.float32, 0), "f16": (np.float16, 1)}  # numpy type, gguf LlamaFileType
+
+
+@dataclass(frozen=True)
+class GGUFLayer:
+    """One GGUF layer: original sublayer indices, and which exact zero placeholders it carries."""
+
+    attn: int | None
+    mlp: int | None
+    zero_attn: bool = False
+    zero_ffn: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.attn is not None and self.mlp is not None
+
+
+def gguf_layer_plan(model, attention_only_layers: str = "zero-ffn") -> list[GGUFLayer]:
+    """The layers the GGUF will hold, with placeholders where llama.cpp would otherwise run the model wrong."""
+    if attention_only_layers not in ("zero-ffn", "refuse"):
+        raise ValueError("attention_only_layers must be 'zero-ffn' or 'refuse'")
+    plan = []
+    for j, layer in enumerate(pack_layers(model)):
+        zero_ffn = layer.attn is not None and layer.mlp is None
+        if zero_ffn and attention_only_layers == "refuse":
+            raise ExportError(
+                f"after packing, GGUF layer {j} keeps attention {layer.attn} but has no MLP; llama.cpp's deci "
+                "graph drops the output of such a layer (its attention would be silently ignored). Use "
+                "attention_only_layers='zero-ffn' to add an exact zero FFN there, or change the drop."
+            )
+        plan.append(GGUFLayer(layer.attn, layer.mlp, zero_attn=(j == 0 and layer.attn is None), zero_ffn=zero_ffn))
+    if not plan:
+        raise ExportError("every sublayer is dropped; there is nothing to export.")
+    return plan
+
+
+def permute_for_rope(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder the rows of a q/k projection from rotate-half pairs (i, i+d/2) to adjacent pairs (2i, 2i+1)."""
+    rows = weight.shape[0]
+    return (weight.reshape(n_heads, 2, rows // n_heads // 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
+def _rope_freq_factors(rope: dict, head_dim: int) -> np.ndarray:
+    """llama3-style per-frequency divisors (llama.cpp divides each base frequency by its factor)."""
+    base = rope["rope_theta"]
+    inv_freq = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old_ctx = rope["original_max_position_embeddings"]
+    wavelen = 2 * np.pi / inv_freq
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    factors = np.where(wavelen < old_ctx / high, 1.0,
+                       np.where(wavelen > old_ctx / low, factor, 1.0 / ((1 - smooth) / factor + smooth)))
+    return factors.astype(np.float32)
+
+
+def _add_rope(writer, config, head_dim: int) -> None:
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
+    writer.add_rope_dimension_count(head_dim)
+    kind = rope.get("rope_type", "default")
+    if kind == "default":
+        return
+    if kind == "linear":
+        import gguf
+
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+        return
+    if kind == "llama3":
+        writer.add_tensor("rope_freqs.weight", _rope_freq_factors(rope, head_dim))
+        return
+    raise ExportError(f"rope_type {kind!r} is not supported by the GGUF export (default, linear, llama3 are).")
+
+
+def _add_tokenizer(writer, tokenizer, vocab_size: int, tokenizer_pre: str | None) -> None:
+    """gpt2-style (byte-level BPE) vocabularies; special tokens are marked CONTROL as llama.cpp expects."""
+    import tempfile
+
+    import gguf
+
+    if tokenizer is None:
+        writer.add_tokenizer_model("none")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        data = json.loads((Path(tmp) / "tokenizer.json").read_text(encoding="utf-8"))
+        model = data.get("model", {})
+        if model.get("type") != "BPE" or model.get("byte_fallback") or (data.get("decoder") or {}).get("type") \
+                != "ByteLevel":
+            raise ExportError("the GGUF export writes byte-level BPE (gpt2-style) tokenizers only; pass tokenizer=None "
+                              "to write the weights without a vocabulary.")
+        special = {t["id"] for t in data.get("added_tokens", []) if t.get("special")}
+        added = {t["id"] for t in data.get("added_tokens", [])}
+        by_id = {i: t for t, i in model["vocab"].items()}
+        by_id.update({t["id"]: t["content"] for t in data.get("added_tokens", [])})
+        tokens, types = [], []
+        for i in range(vocab_size):
+            if i in by_id:
+                tokens.append(by_id[i])
+                types.append(gguf.TokenType.CONTROL if i in special else
+                             gguf.TokenType.USER_DEFINED if i in added else gguf.TokenType.NORMAL)
+            else:
+                tokens.append(f"[PAD{i}]")
+                types.append(gguf.TokenType.UNUSED)
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(tokenizer_pre or "default")
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        gguf.SpecialVocab(tmp, load_merges=True, n_vocab=vocab_size).add_to_gguf(writer, quiet=True)
+
+
+def _np(tensor: torch.Tensor, dtype) -> np.ndarray:
+    return tensor.detach().to(torch.float32).cpu().numpy().astype(dtype if tensor.dim() > 1 else np.float32)
+
+
+def export_gguf(model, out: str | os.PathLike, tokenizer=None, *, dtype: str = "f32",
+                attention_only_layers: str = "zero-ffn", tokenizer_pre: str | None = None,
+                overwrite: bool = False) -> Path:
+    """Write `model` as one GGUF file; returns `out`. See the module docstring for the layout."""
+    import gguf
+
+    check_supported(model, "gguf", ("llama", "mistral"))
+    config = model.config
+    if getattr(config, "sliding_window", None) is not None:
+        raise ExportError("the GGUF export writes full-attention layers; this model has a sliding window.")
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
+    np_dtype, file_type = _DTYPES[dtype]
+    plan = gguf_layer_plan(model, attention_only_layers)
+    arch = "llama" if all(layer.complete for layer in plan) else "deci"
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    hidden, width = config.hidden_size, config.intermediate_size
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.DECI if arch == "deci" else gguf.MODEL_ARCH.LLAMA, len(plan))
+
+    def gguf_name(hf_name: str) -> str:
+        mapped = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if mapped is None:
+            raise ExportError(f"no GGUF name for tensor {hf_name}")
+        return mapped
+
+    with atomic_file(out, overwrite=overwrite) as tmp:
+        writer = gguf.GGUFWriter(tmp, arch)
+        writer.add_name(str(getattr(config, "_name_or_path", "") or "layerdrop-export"))
+        writer.add_block_count(len(plan))
+        writer.add_context_length(config.max_position_embeddings)
+        writer.add_embedding_length(hidden)
+        writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        writer.add_vocab_size(config.vocab_size)
+        writer.add_file_type(file_type)
+        if arch == "llama":
+            writer.add_head_count(heads)
+            writer.add_head_count_kv(kv_heads)
+            writer.add_feed_forward_length(width)
+        else:
+            writer.add_head_count([heads if (l.attn is not None or l.zero_attn) else 0 for l in plan])
+            writer.add_head_count_kv([kv_heads if l.attn is not None else 0 for l in plan])
+            writer.add_feed_forward_length([width if l.mlp is not None else ZERO_FFN_WIDTH if l.zero_ffn else 0
+                                            for l in plan])
+        writer.add_string("layerdrop.drop_config", json.dumps(drop_of(model).to_dict(), sort_keys=True))
+        writer.add_string("layerdrop.layers", json.dumps([l.__dict__ for l in plan]))
+        _add_rope(writer, config, head_dim)
+        _add_tokenizer(writer, tokenizer, config.vocab_size, tokenizer_pre)
+
+        for hf_name, tensor in global_tensors(model).items():
+            writer.add_tensor(gguf_name(hf_name), _np(tensor, np_dtype))
+        for j, layer in enumerate(plan):
+            tensors: dict[str, torch.Tensor] = {}
+            if layer.attn is not None:
+                tensors.update(sublayer_tensors(model, "attn", layer.attn))
+            if layer.mlp is not None:
+                tensors.update(sublayer_tensors(model, "mlp", layer.mlp))
+            if layer.zero_attn:
+                tensors["input_layernorm.weight"] = torch.ones(hidden)
+                tensors["self_attn.o_proj.weight"] = torch.zeros(hidden, hidden)
+            if layer.zero_ffn:
+                tensors["post_attention_layernorm.weight"] = torch.ones(hidden)
+                tensors["mlp.gate_proj.weight"] = torch.zeros(ZERO_FFN_WIDTH, hidden)
+                tensors["mlp.up_proj.weight"] = torch.zeros(ZERO_FFN_WIDTH, hidden)
+                tensors["mlp.down_proj.weight"] = torch.zeros(hidden, ZERO_FFN_WIDTH)
+            for local, tensor in tensors.items():
+                if local.startswith("self_attn.q_proj."):
+                    tensor = permute_for_rope(tensor, heads)
+                elif local.startswith("self_attn.k_proj."):
+                    tensor = permute_for_rope(tensor, kv_heads)
+                writer.add_tensor(gguf_name(f"model.layers.{j}.{local}"), _np(tensor, np_dtype))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return Path(out)
