@@ -295,7 +295,7 @@ def plot_sweep(rows: list[dict[str, Any]], path: str | os.PathLike, *, y: str = 
         ax.set_yscale("log")
     ax.set_xlabel(f"{kind} sublayers dropped")
     ax.set_ylabel(y)
-    ax.set_title(title or f"{y} vs {kind} sublayers dropped")
+    ax.set_title(title or f"{y} vs {kind} sublayers dropped", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.partial.png")
