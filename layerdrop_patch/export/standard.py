@@ -1,9 +1,9 @@
 """Export a dropped model as an ordinary checkpoint of its base architecture (no remote code).
 
-This is the most portable format: plain transformers, vLLM, TGI, SGLang and llama.cpp's own converter all
-load it, because it *is* a stock checkpoint of the base architecture (every family layerdrop-patch
-supports) that happens to have fewer layers (what mergekit's
-"passthrough" produces). It is only possible when the kept sublayers still form complete decoder layers:
+This is the most portable format: it *is* a stock checkpoint of the base architecture (any family
+layerdrop-patch supports) that happens to have fewer layers, what mergekit's "passthrough" produces, so plain
+transformers loads it without remote code and so does any engine that loads the base architecture (vLLM,
+llama.cpp's converter; only the transformers load is tested here). It is only possible when the kept sublayers still form complete decoder layers:
 
 * whole-block drops: the remaining layers are renumbered 0..k-1 and `num_hidden_layers` is reduced;
 * more generally any drop whose kept branches pack into full (attention, MLP) pairs, e.g. "MLP of layer i
