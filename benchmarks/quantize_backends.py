@@ -6,7 +6,7 @@ base interpreter, i.e. the project's main environment without the [awq] extra, i
 refusal `quantize_awq` gives (see `layerdrop_patch/quantize.py` for the measurements behind it).
 
 Run (GPTQModel lives in its own virtualenv because it pins numpy 2.2.6):
-    /tmp/awqenv/bin/python benchmarks/quantize_backends.py            # ~2-3 min per AWQ run on 2 free CPU cores
+    /tmp/awqenv/bin/python benchmarks/quantize_backends.py            # issue 7 measured ~2 min per AWQ run on 2 idle cores; on a loaded machine far longer
     /tmp/awqenv/bin/python benchmarks/quantize_backends.py --tiny     # tiny random model, seconds
 Writes benchmarks/results/quantize_backends[_tiny].json and prints a table.
 """

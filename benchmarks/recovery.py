@@ -6,7 +6,8 @@ bundled C4 sample for `--steps` steps (merged), and measures again. With `--awq`
 quantises the recovered model (LoRA -> merge -> AWQ) and records that perplexity.
 
 Run:
-    python benchmarks/recovery.py                      # main environment; ~10-20 min on 2 CPU cores
+    python benchmarks/recovery.py                      # defaults (100 steps x 4 x 256): not timed yet
+    python benchmarks/recovery.py --steps 16 --batch-size 1 --seq-len 256 --lr 1e-3 --eval-tokens 2048  # recorded run, ~7 min
     /tmp/awqenv/bin/python benchmarks/recovery.py --awq
     python benchmarks/recovery.py --tiny               # tiny random model, seconds
 Writes benchmarks/results/recovery[_tiny].json (+ the loss curve PNG next to it) and prints a table.
