@@ -5,12 +5,17 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo test
+.PHONY: install demo test test-awq
 install:
 	PYTHON=$(PY) bash .ci/install.sh
 
 demo: install
 	$(PY) -m layerdrop_patch.cli demo
 
+# Main suite, then the AWQ stage (GPTQModel in its own venv: it pins numpy).
 test: install
 	$(PY) -m pytest -q
+	PYTHON=$(PY) bash .ci/test_awq.sh
+
+test-awq: install
+	PYTHON=$(PY) bash .ci/test_awq.sh

@@ -55,6 +55,7 @@ def test_missing_gptqmodel_names_the_fix():
         quantize_awq(apply_drop(_model(), DROP), byte_tokenizer(), "c4", **SMALL)
 
 
+@pytest.mark.awq
 @needs_gptqmodel
 def test_dropped_model_quantises_saves_reloads_and_generates(tmp_path):
     tok = byte_tokenizer()
@@ -90,6 +91,7 @@ def test_dropped_model_quantises_saves_reloads_and_generates(tmp_path):
     assert generated.shape[1] == ids.shape[1] + 6
 
 
+@pytest.mark.awq
 @needs_gptqmodel
 def test_blown_up_perplexity_is_refused_and_nothing_saved(tmp_path):
     out = tmp_path / "refused"

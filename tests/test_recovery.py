@@ -72,6 +72,7 @@ def test_adapter_can_be_kept_and_saved_alone(tmp_path):
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.awq
 @needs_awq
 def test_awq_then_lora_adapter_kept(tmp_path):
     from layerdrop_patch.quantize import quantize_awq
@@ -86,6 +87,7 @@ def test_awq_then_lora_adapter_kept(tmp_path):
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
 
 
+@pytest.mark.awq
 @needs_awq
 def test_lora_merge_then_awq(tmp_path):
     from layerdrop_patch.quantize import load_quantized, quantize_awq
