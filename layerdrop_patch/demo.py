@@ -16,10 +16,6 @@ perplexity against the number dropped so the user sees where it breaks.
 from __future__ import annotations
 
 import copy
-import json
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -27,48 +23,32 @@ from typing import Any
 import torch
 
 from layerdrop_patch import pipeline
+from layerdrop_patch.portability import run_without_package
 
 DEMO_N_ATTN = 4
 SWEEP_COUNTS = (0, 2, 4, 6, 8, 12)
 PROMPT = "The three most important things to know about the water cycle are"
 
-_NO_PACKAGE_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    sys.path = [p for p in sys.path if p not in ("", {repo!r})]
-
-    class BlockLayerdrop:  # make `import layerdrop_patch` fail in this process, whatever is installed
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "layerdrop_patch":
-                raise ImportError("layerdrop_patch is blocked in this process")
-
-    sys.meta_path.insert(0, BlockLayerdrop())
-    import torch
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained({ckpt!r}, trust_remote_code=True, dtype=torch.float32).eval()
-    ids = torch.tensor({ids!r})
-    with torch.no_grad():
-        logits = model(ids).logits[0, -1]
-        gen = model.generate(ids, max_new_tokens={new}, min_new_tokens={new}, do_sample=False, pad_token_id=0)
-    print(json.dumps({{"last_logits": logits.tolist(), "tokens": gen[0, ids.shape[1]:].tolist(),
-                      "class": type(model).__name__,
-                      "layerdrop_modules": sorted(m for m in sys.modules if m.startswith("layerdrop_patch"))}}))
-    """
-)
+_RELOAD_SCRIPT = """
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained({ckpt!r}, trust_remote_code=True, dtype=torch.float32).eval()
+ids = torch.tensor({ids!r})
+with torch.no_grad():
+    logits = model(ids).logits[0, -1]
+    gen = model.generate(ids, max_new_tokens={new}, min_new_tokens={new}, do_sample=False, pad_token_id=0)
+print(json.dumps({{"last_logits": logits.tolist(), "tokens": gen[0, ids.shape[1]:].tolist(),
+                  "class": type(model).__name__}}))
+"""
 
 
 def reload_without_package(checkpoint: str | Path, model: Any, tokenizer: Any, new_tokens: int = 12) -> dict:
     """Load `checkpoint` in a fresh Python where `import layerdrop_patch` fails; compare with `model` in-process."""
     ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
-    repo = str(Path(__file__).resolve().parents[1])
-    script = _NO_PACKAGE_SCRIPT.format(repo=repo, ckpt=str(Path(checkpoint).resolve()), ids=ids.tolist(), new=new_tokens)
-    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    checkpoint = Path(checkpoint).resolve()
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                          cwd=str(Path(checkpoint).resolve().parent), timeout=900)
-    if proc.returncode != 0:
-        raise RuntimeError(f"loading {checkpoint} without layerdrop_patch failed:\n{proc.stderr[-3000:]}")
-    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    theirs = run_without_package(_RELOAD_SCRIPT.format(ckpt=str(checkpoint), ids=ids.tolist(), new=new_tokens),
+                                 cwd=checkpoint.parent)
     with torch.no_grad():
         ours = model(ids).logits[0, -1]
         gen = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)

@@ -9,7 +9,6 @@ it into place, so a killed run never leaves a directory that looks complete.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 from layerdrop_patch import pipeline

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from layerdrop_patch.portability import run_without_package
 from layerdrop_patch import DropConfig
 from layerdrop_patch.architectures import UnsupportedArchitectureError, get_architecture
 from layerdrop_patch.checkpoint import from_pretrained, save_pretrained
@@ -72,30 +68,21 @@ def test_round_trips_and_load_time_drop_equal_the_reference(case, tmp_path):
     assert torch.equal(_logits(at_load), expected)
 
 
-_NO_PACKAGE_MANY = textwrap.dedent(
-    """
-    import sys, json, torch
-    sys.path = [p for p in sys.path if p not in ("", {repo!r})]
-    class _Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "layerdrop_patch":
-                raise ImportError("layerdrop_patch is blocked in this process")
-    sys.meta_path.insert(0, _Block())
-    from transformers import AutoModelForCausalLM
-    ids = torch.tensor({ids!r})
-    results = {{}}
-    for name, path in {ckpts!r}.items():
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
-        gens = {{c: model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
-                                  do_sample=False, pad_token_id=0, cache_implementation=c).tolist()
-                for c in ("dynamic", "static")}}
-        with torch.no_grad():
-            logits = model(ids).logits
-        results[name] = {{"class": type(model).__name__, "gen": gens, "logits": logits.tolist()}}
-    results["modules"] = sorted(m for m in sys.modules if m.startswith("layerdrop"))
-    print(json.dumps(results))
-    """
-)
+_LOAD_MANY = """
+import torch
+from transformers import AutoModelForCausalLM
+ids = torch.tensor({ids!r})
+results = {{}}
+for name, path in {ckpts!r}.items():
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
+    gens = {{c: model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
+                              do_sample=False, pad_token_id=0, cache_implementation=c).tolist()
+            for c in ("dynamic", "static")}}
+    with torch.no_grad():
+        logits = model(ids).logits
+    results[name] = {{"class": type(model).__name__, "gen": gens, "logits": logits.tolist()}}
+print(json.dumps(results))
+"""
 
 
 def test_every_family_loads_and_generates_past_the_window_without_the_package(tmp_path):
@@ -108,13 +95,8 @@ def test_every_family_loads_and_generates_past_the_window_without_the_package(tm
         bases[param.id] = tiny_model(model_type, NUM_LAYERS, **overrides)
         models[param.id] = apply_drop(copy.deepcopy(bases[param.id]), JOINT)
         ckpts[param.id] = str(save_pretrained(models[param.id], tmp_path / param.id))
-    script = _NO_PACKAGE_MANY.format(repo=str(Path(__file__).parents[1]), ckpts=ckpts, ids=prompt.tolist())
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                            cwd=str(tmp_path), timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out.pop("modules") == []
+    out = run_without_package(_LOAD_MANY.format(ckpts=ckpts, ids=prompt.tolist()), cwd=tmp_path)
+    assert out.pop("layerdrop_modules") == []
     for name, got in out.items():
         expected = reference_greedy(bases[name], prompt, 12, set(JOINT.attn), set(JOINT.mlp)).tolist()
         assert got["gen"]["dynamic"] == got["gen"]["static"] == expected, name

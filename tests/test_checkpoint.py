@@ -2,7 +2,6 @@
 
 import copy
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from layerdrop_patch import DropConfig
+from layerdrop_patch import DropConfig, portability
 from layerdrop_patch.checkpoint import from_pretrained, save_pretrained
 from layerdrop_patch.patch import apply_drop, parameter_bytes
 from tests.conftest import tiny_model
@@ -133,42 +132,22 @@ def test_save_refuses_unpruned_models_and_non_empty_targets(tmp_path):
     assert not (tmp_path / "busy" / "file").exists() and (tmp_path / "busy" / "config.json").exists()
 
 
-_NO_PACKAGE = textwrap.dedent(
-    """
-    import sys, json, torch
-    sys.path = [p for p in sys.path if p not in ("", {repo!r})]
-    class _Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "layerdrop_patch":
-                raise ImportError("layerdrop_patch is blocked in this process")
-    sys.meta_path.insert(0, _Block())
-    try:
-        import layerdrop_patch  # noqa: F401
-        raise SystemExit("layerdrop_patch was importable")
-    except ImportError:
-        pass
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained({ckpt!r}, trust_remote_code=True)
-    ids = torch.tensor({ids!r})
-    with torch.no_grad():
-        logits = model(ids).logits
-    gens = {{c: model.generate(ids[:1], max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0,
-                              cache_implementation=c, return_dict_in_generate=True) for c in ("dynamic", "static")}}
-    print(json.dumps({{"logits": logits.tolist(), "layers": len(gens["dynamic"].past_key_values.layers),
-                      "gen": {{c: g.sequences.tolist() for c, g in gens.items()}},
-                      "modules": sorted(m for m in sys.modules if m.startswith("layerdrop"))}}))
-    """
-)
+_LOAD_AND_GENERATE = """
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained({ckpt!r}, trust_remote_code=True)
+ids = torch.tensor({ids!r})
+with torch.no_grad():
+    logits = model(ids).logits
+gens = {{c: model.generate(ids[:1], max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0,
+                          cache_implementation=c, return_dict_in_generate=True) for c in ("dynamic", "static")}}
+print(json.dumps({{"logits": logits.tolist(), "layers": len(gens["dynamic"].past_key_values.layers),
+                  "gen": {{c: g.sequences.tolist() for c, g in gens.items()}}}}))
+"""
 
 
 def run_without_package(ckpt: Path, ids: torch.Tensor) -> dict:
-    repo = str(Path(__file__).parents[1])
-    script = _NO_PACKAGE.format(repo=repo, ckpt=str(ckpt), ids=ids.tolist())
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                            cwd=str(ckpt.parent), timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return portability.run_without_package(_LOAD_AND_GENERATE.format(ckpt=str(ckpt), ids=ids.tolist()), cwd=ckpt.parent)
 
 
 def test_loads_and_generates_where_layerdrop_patch_is_not_importable(tmp_path):
@@ -176,7 +155,7 @@ def test_loads_and_generates_where_layerdrop_patch_is_not_importable(tmp_path):
     model = apply_drop(tiny_model("llama", 6), cfg)
     save_pretrained(model, tmp_path / "ckpt")
     out = run_without_package(tmp_path / "ckpt", IDS)
-    assert out["modules"] == []
+    assert out["layerdrop_modules"] == []
     with torch.no_grad():
         torch.testing.assert_close(torch.tensor(out["logits"]), model(IDS).logits, rtol=0, atol=0)
     assert out["layers"] == 3
@@ -189,7 +168,7 @@ _SLOW_SAVE = textwrap.dedent(
     import sys, time, torch
     sys.path.insert(0, {repo!r})
     from safetensors import torch as st
-    from layerdrop_patch import DropConfig
+    from layerdrop_patch import DropConfig, portability
     from layerdrop_patch.checkpoint import save_pretrained
     from layerdrop_patch.patch import apply_drop
     from tests.conftest import tiny_model
