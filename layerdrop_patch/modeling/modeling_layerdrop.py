@@ -309,8 +309,9 @@ def _prune_layer(layer, arch: Architecture, skip_attn: bool, skip_mlp: bool) -> 
         if skip:
             for name in part.attribute_names():
                 layer._modules.pop(name, None)
-    _mix_in(layer, SkippableDecoderLayerMixin)
-    layer.layerdrop_arch = arch
+    if skip_attn or skip_mlp:  # intact layers keep their stock class: no per-token cost at all
+        _mix_in(layer, SkippableDecoderLayerMixin)
+        layer.layerdrop_arch = arch
     layer.skip_attn = skip_attn
     layer.skip_mlp = skip_mlp
 
