@@ -18,6 +18,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "get_architecture",
     "supported_model_types",
+    "remote_class_for",
     "remote_class_names",
     "base_model_type",
 ]
@@ -51,16 +52,22 @@ def get_architecture(model_or_config: Any) -> Architecture:
     return _m.ARCHITECTURES[model_type]
 
 
-def remote_class_names(model_or_config: Any) -> dict[str, str]:
-    """`auto_map` entries for a saved checkpoint: the shipped config and model classes for this family."""
+def remote_class_for(model_or_config: Any) -> type:
+    """The shipped `LayerDrop<X>ForCausalLM` class for this family (its `config_class` is the shipped config)."""
     config = _config_of(model_or_config)
     get_architecture(config)
-    model_type = base_model_type(config)
-    for cls in _m._MIXED_CLASSES.values():
-        if cls.__module__ == _m.__name__ and cls.config_class.model_type == _m.MODEL_TYPE_PREFIX + model_type:
-            return {
-                "model_type": cls.config_class.model_type,
-                "AutoConfig": f"modeling_layerdrop.{cls.config_class.__name__}",
-                "AutoModelForCausalLM": f"modeling_layerdrop.{cls.__name__}",
-            }
+    model_type = _m.MODEL_TYPE_PREFIX + base_model_type(config)
+    for cls in _m.REMOTE_CLASSES:
+        if cls.config_class.model_type == model_type:
+            return cls
     raise UnsupportedArchitectureError(f"no remote-code class is shipped for model_type {model_type!r}")
+
+
+def remote_class_names(model_or_config: Any) -> dict[str, str]:
+    """`auto_map` entries for a saved checkpoint: the shipped config and model classes for this family."""
+    cls = remote_class_for(model_or_config)
+    return {
+        "model_type": cls.config_class.model_type,
+        "AutoConfig": f"modeling_layerdrop.{cls.config_class.__name__}",
+        "AutoModelForCausalLM": f"modeling_layerdrop.{cls.__name__}",
+    }

@@ -19,12 +19,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from layerdrop_patch.architectures import base_model_type, get_architecture, remote_class_names
+from layerdrop_patch.architectures import get_architecture, remote_class_for, remote_class_names
 from layerdrop_patch.config import DropConfig
 from layerdrop_patch.modeling import MODELING_FILE
-from layerdrop_patch.modeling import modeling_layerdrop as _m
 
 __all__ = ["save_pretrained", "from_pretrained", "per_layer_skip_config"]
 
@@ -55,7 +55,8 @@ def _rewrite_config(directory: Path, model) -> None:
     config["auto_map"] = {"AutoConfig": names["AutoConfig"], "AutoModelForCausalLM": names["AutoModelForCausalLM"]}
     config["drop_config"] = drop.to_dict()
     config["per_layer_config"] = per_layer_skip_config(drop, model)
-    config.pop("quantization_config", None) if _is_gguf_dequantised(model) else None
+    if _is_gguf_dequantised(model):
+        config.pop("quantization_config", None)
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -128,15 +129,6 @@ def _replace_directory(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _model_class_for(model_type: str):
-    for cls in _m.REMOTE_CLASSES:
-        if cls.config_class.model_type == _m.MODEL_TYPE_PREFIX + model_type:
-            return cls
-    from layerdrop_patch.architectures import UnsupportedArchitectureError
-
-    raise UnsupportedArchitectureError(f"no layerdrop model class for model_type {model_type!r}")
-
-
 def from_pretrained(name_or_path: str | os.PathLike, drop_config: DropConfig | dict | None = None, **hf_kwargs):
     """Load a model and drop sublayers at load time, or load a saved pruned checkpoint.
 
@@ -154,10 +146,8 @@ def from_pretrained(name_or_path: str | os.PathLike, drop_config: DropConfig | d
 
     path = resolve_model(str(name_or_path))
     config_dict, _ = PretrainedConfig.get_config_dict(path, **{k: hf_kwargs[k] for k in _HUB_KWARGS if k in hf_kwargs})
-    model_type = base_model_type(type("C", (), {"model_type": config_dict.get("model_type", "")}))
-    cls = _model_class_for(model_type) if model_type in _m.ARCHITECTURES else None
-    if cls is None:
-        get_architecture(type("C", (), {"model_type": model_type, "architectures": config_dict.get("architectures")}))
+    cls = remote_class_for(SimpleNamespace(model_type=config_dict.get("model_type", ""),
+                                           architectures=config_dict.get("architectures")))
     saved = DropConfig.from_dict(config_dict["drop_config"]) if config_dict.get("drop_config") else None
     requested = DropConfig.from_dict(drop_config) if isinstance(drop_config, dict) else drop_config
 
