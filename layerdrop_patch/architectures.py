@@ -1,6 +1,6 @@
 """Which model families layerdrop-patch supports, and how their decoder layers are laid out.
 
-The descriptors themselves live in `modeling/modeling_layerdrop.py` (`ARCHITECTURES`), because the shipped
+The descriptors themselves live in `modeling/configuration_layerdrop.py` (`FAMILIES`), because the shipped
 remote code needs them too; this module is the library-facing view of that table: look-ups with clear
 errors, and the names of the remote-code classes a saved checkpoint points `auto_map` at.
 """
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from layerdrop_patch.modeling import configuration_layerdrop as _c
 from layerdrop_patch.modeling import modeling_layerdrop as _m
-from layerdrop_patch.modeling.modeling_layerdrop import Architecture, Sublayer
+from layerdrop_patch.modeling.configuration_layerdrop import Architecture, Sublayer
 
 __all__ = [
     "Architecture",
@@ -23,7 +24,7 @@ __all__ = [
     "base_model_type",
 ]
 
-base_model_type = _m.base_model_type
+base_model_type = _c.base_model_type
 
 
 class UnsupportedArchitectureError(NotImplementedError):
@@ -31,7 +32,7 @@ class UnsupportedArchitectureError(NotImplementedError):
 
 
 def supported_model_types() -> list[str]:
-    return sorted(_m.ARCHITECTURES)
+    return sorted(_c.FAMILIES)
 
 
 def _config_of(model_or_config: Any):
@@ -42,25 +43,21 @@ def get_architecture(model_or_config: Any) -> Architecture:
     """The descriptor for a model (or config); raises `UnsupportedArchitectureError` naming what is supported."""
     config = _config_of(model_or_config)
     model_type = base_model_type(config)
-    if model_type not in _m.ARCHITECTURES:
+    if model_type not in _c.FAMILIES:
         raise UnsupportedArchitectureError(
             f"layerdrop-patch does not support model_type {model_type!r} "
             f"(architectures {getattr(config, 'architectures', None)}); supported model types: "
-            f"{', '.join(supported_model_types())}. Adding one is a descriptor entry in "
-            "layerdrop_patch/modeling/modeling_layerdrop.py plus a parametrised test."
+            f"{', '.join(supported_model_types())}. Adding one is an entry in FAMILIES in "
+            "layerdrop_patch/modeling/configuration_layerdrop.py plus its test case."
         )
-    return _m.ARCHITECTURES[model_type]
+    return _c.FAMILIES[model_type][2]
 
 
 def remote_class_for(model_or_config: Any) -> type:
     """The shipped `LayerDrop<X>ForCausalLM` class for this family (its `config_class` is the shipped config)."""
     config = _config_of(model_or_config)
     get_architecture(config)
-    model_type = _m.MODEL_TYPE_PREFIX + base_model_type(config)
-    for cls in _m.REMOTE_CLASSES:
-        if cls.config_class.model_type == model_type:
-            return cls
-    raise UnsupportedArchitectureError(f"no remote-code class is shipped for model_type {model_type!r}")
+    return _m.REMOTE_CLASSES[base_model_type(config)]
 
 
 def remote_class_names(model_or_config: Any) -> dict[str, str]:

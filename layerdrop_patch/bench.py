@@ -10,7 +10,7 @@ What is reported (per model; medians over `repeats`, after `warmup` untimed runs
 - prefill_s, prefill_tok_s = batch·prompt_len / prefill_s
 - decode_s (new_tokens−1 forward steps after the first token), decode_tok_s = batch·(new_tokens−1) / decode_s
 - total_s, total_tok_s = batch·new_tokens / total_s (the paper's generation throughput)
-- kv_cache_bytes: bytes of the key/value tensors in the returned `past_key_values` (allocated storage, so a
+- kv_cache_bytes: bytes of the key/value tensors in the returned cache (allocated storage, so a
   static cache reports its full `max_cache_len`), and kv_cache_layers
 - memory: on CUDA, `torch.cuda.max_memory_allocated()` during generate (peak_memory_bytes, weights
   included) and its increase over the allocation before the call (peak_extra_bytes). On CPU there is no
@@ -29,14 +29,9 @@ from typing import Any, Mapping
 
 import torch
 
+from layerdrop_patch.patch import kv_cache_bytes, returned_cache
+
 __all__ = ["benchmark_generate", "compare_generate", "expected_kv_bytes", "kv_cache_bytes", "random_prompt"]
-
-
-def kv_cache_bytes(cache: Any) -> int:
-    """Bytes of key/value tensors over `cache.layers` (delegates to `layerdrop_patch.patch`)."""
-    from layerdrop_patch.patch import kv_cache_bytes as _kv
-
-    return _kv(cache)
 
 
 def expected_kv_bytes(config: Any, batch_size: int, cached_tokens: int, dtype: torch.dtype) -> int:
@@ -140,7 +135,7 @@ def _one_run(model, input_ids, new_tokens: int, cache_implementation: str, measu
     if generated != new_tokens or len(clock.stamps) != new_tokens:
         raise RuntimeError(f"generate() produced {generated} tokens in {len(clock.stamps)} steps, expected "
                            f"{new_tokens}; the benchmark cannot time prefill and decode separately.")
-    cache = out.past_key_values
+    cache = returned_cache(out)
     return {"prefill_s": clock.stamps[0] - start, "decode_s": end - clock.stamps[0], "total_s": end - start,
             "kv_cache_bytes": kv_cache_bytes(cache), "kv_cache_layers": len(getattr(cache, "layers", [])), **mem}
 

@@ -14,7 +14,6 @@ the base type; until then the `layerdrop_` model_type keeps it on the verified r
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -22,42 +21,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from layerdrop_patch.architectures import get_architecture, remote_class_for, remote_class_names
+from layerdrop_patch.architectures import get_architecture, remote_class_for
 from layerdrop_patch.config import DropConfig
-from layerdrop_patch.modeling import MODELING_FILE
 
-__all__ = ["save_pretrained", "from_pretrained", "per_layer_skip_config"]
+__all__ = ["save_pretrained", "from_pretrained"]
 
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder")
-
-
-def per_layer_skip_config(drop: DropConfig, model_or_config: Any) -> dict[str, dict[str, list[str]]]:
-    """The drop in transformers' `per_layer_config` format: {layer: {"skip": [removed module names]}}."""
-    arch = get_architecture(model_or_config)
-    entries: dict[str, dict[str, list[str]]] = {}
-    for layer in sorted(set(drop.attn) | set(drop.mlp)):
-        names: list[str] = []
-        if layer in drop.attn:
-            names += arch.attn.attribute_names()
-        if layer in drop.mlp:
-            names += arch.mlp.attribute_names()
-        entries[str(layer)] = {"skip": sorted(names)}
-    return entries
-
-
-def _rewrite_config(directory: Path, model) -> None:
-    path = directory / "config.json"
-    config = json.loads(path.read_text())
-    drop = DropConfig.from_model(model)
-    names = remote_class_names(model)
-    config["model_type"] = names["model_type"]
-    config["architectures"] = [names["AutoModelForCausalLM"].split(".")[-1]]
-    config["auto_map"] = {"AutoConfig": names["AutoConfig"], "AutoModelForCausalLM": names["AutoModelForCausalLM"]}
-    config["drop_config"] = drop.to_dict()
-    config["per_layer_config"] = per_layer_skip_config(drop, model)
-    if _is_gguf_dequantised(model):
-        config.pop("quantization_config", None)
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _is_gguf_dequantised(model) -> bool:
@@ -97,11 +66,9 @@ def save_pretrained(
             model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
-        model.save_pretrained(staging, max_shard_size=max_shard_size)
+        model.save_pretrained(staging, max_shard_size=max_shard_size)  # the shipped classes write the portable layout
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        _rewrite_config(staging, model)
-        shutil.copyfile(MODELING_FILE, staging / MODELING_FILE.name)
         _write_card(staging, eval_results, scores_plot)
         _replace_directory(staging, target)
     except BaseException:
@@ -151,7 +118,7 @@ def from_pretrained(name_or_path: str | os.PathLike, drop_config: DropConfig | d
     saved = DropConfig.from_dict(config_dict["drop_config"]) if config_dict.get("drop_config") else None
     requested = DropConfig.from_dict(drop_config) if isinstance(drop_config, dict) else drop_config
 
-    fields = {k: v for k, v in config_dict.items() if k not in ("model_type", "auto_map", "per_layer_config")}
+    fields = {k: v for k, v in config_dict.items() if k not in ("model_type", "auto_map")}
     config = cls.config_class.from_dict(fields)
     num_layers = config.num_hidden_layers
     if saved is not None:

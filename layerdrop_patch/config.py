@@ -14,8 +14,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-FORMAT_VERSION = 1
-_INDEX_FIELDS = ("attn", "mlp")
+from layerdrop_patch.modeling.configuration_layerdrop import DROP_CONFIG_FORMAT_VERSION as FORMAT_VERSION
+from layerdrop_patch.modeling.configuration_layerdrop import check_drop_config
 
 
 def _library_version() -> str:
@@ -84,24 +84,14 @@ class DropConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DropConfig":
+        """Rebuild a DropConfig from its dict (as stored in config.json); the rules are those the shipped
+        checkpoint code applies too (`check_drop_config`), so both refuse the same files."""
         if isinstance(data, DropConfig):
             return data
         if not isinstance(data, dict):
             raise TypeError(f"drop_config must be a dict, got {type(data).__name__}")
-        version = data.get("format_version")
-        if version is None:
-            raise ValueError("drop_config has no 'format_version'; it was not written by layerdrop-patch.")
-        if version > FORMAT_VERSION:
-            raise ValueError(
-                f"drop_config format_version {version} is newer than this layerdrop-patch understands "
-                f"({FORMAT_VERSION}); upgrade with `pip install -U layerdrop-patch`."
-            )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known - {"format_version"}
-        if unknown:
-            raise ValueError(f"drop_config has unknown keys {sorted(unknown)}; known keys are {sorted(known)}")
-        kwargs = {k: v for k, v in data.items() if k in known}
-        return cls(**kwargs)
+        check_drop_config(data)
+        return cls(**{k: v for k, v in data.items() if k != "format_version"})
 
     @classmethod
     def from_model(cls, model_or_config: Any) -> "DropConfig | None":
@@ -149,25 +139,9 @@ class DropConfig:
 
     def validate(self, num_layers: int) -> "DropConfig":
         """Check every index against a model with `num_layers` decoder layers; returns self."""
-        if not isinstance(num_layers, int) or num_layers <= 0:
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers <= 0:
             raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
-        for name in _INDEX_FIELDS:
-            values = _as_index_list(name, getattr(self, name))
-            seen = set()
-            for idx in values:
-                if idx < 0:
-                    raise ValueError(
-                        f"DropConfig.{name}: layer index {idx} is negative; valid indices are 0..{num_layers - 1} "
-                        f"(negative indexing is not supported, write {num_layers + idx} instead)."
-                    )
-                if idx >= num_layers:
-                    raise ValueError(
-                        f"DropConfig.{name}: layer index {idx} is out of range; this model has {num_layers} "
-                        f"decoder layers, so valid indices are 0..{num_layers - 1}."
-                    )
-                if idx in seen:
-                    raise ValueError(f"DropConfig.{name}: layer index {idx} is listed twice.")
-                seen.add(idx)
+        check_drop_config(self.to_dict(), num_layers)
         return self
 
     def __repr__(self) -> str:

@@ -31,7 +31,6 @@ from layerdrop_patch.model_card import GENERATED_MARKER, write_model_card
 __all__ = ["push_to_hub", "validate_checkpoint_dir", "NotALayerdropCheckpointError"]
 
 logger = logging.getLogger(__name__)
-MODELING_FILE_NAME = "modeling_layerdrop.py"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -95,13 +94,13 @@ def validate_checkpoint_dir(directory: str | os.PathLike) -> DropConfig:
         missing = sorted(wanted - set(shards))
         if missing:
             raise NotALayerdropCheckpointError(f"{index} names shards that are missing: {missing}")
-    auto_map = json.dumps(config.get("auto_map", {}))
-    if MODELING_FILE_NAME.removesuffix(".py") in auto_map and not (directory / MODELING_FILE_NAME).is_file():
-        raise NotALayerdropCheckpointError(
-            f"{directory} has no {MODELING_FILE_NAME}, but config.json's auto_map points at it: without it the "
-            "checkpoint cannot be loaded with trust_remote_code=True. Re-save with "
-            "layerdrop_patch.checkpoint.save_pretrained."
-        )
+    for module in sorted({str(ref).split(".")[0].split("--")[-1] for ref in (config.get("auto_map") or {}).values()}):
+        if not (directory / f"{module}.py").is_file():
+            raise NotALayerdropCheckpointError(
+                f"{directory} has no {module}.py, but config.json's auto_map points at it: without it the "
+                "checkpoint cannot be loaded with trust_remote_code=True. Re-save with "
+                "layerdrop_patch.checkpoint.save_pretrained."
+            )
     return drop
 
 

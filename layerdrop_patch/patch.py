@@ -16,7 +16,7 @@ from layerdrop_patch.architectures import get_architecture
 from layerdrop_patch.config import DropConfig
 from layerdrop_patch.modeling import modeling_layerdrop as _m
 
-__all__ = ["apply_drop", "kv_cache_bytes", "parameter_bytes", "kept_attention_layers"]
+__all__ = ["apply_drop", "kv_cache_bytes", "parameter_bytes", "kept_attention_layers", "returned_cache"]
 
 
 def _decoder_layers(model) -> torch.nn.ModuleList:
@@ -67,6 +67,13 @@ def apply_drop(model: Any, drop_config: DropConfig | dict) -> Any:
 def kept_attention_layers(model_or_config: Any) -> list[int]:
     """Original indices of the attention layers that remain (cache layer j serves the j-th of them)."""
     return _m.kept_attention_layers(getattr(model_or_config, "config", model_or_config))
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a forward or generate() output carries: `output.cache` from transformers 5.24 on,
+    `output.past_key_values` before (reading the old name on 5.24 logs a deprecation)."""
+    fields = getattr(type(output), "__dataclass_fields__", {})
+    return output.cache if "cache" in fields else output.past_key_values
 
 
 def kv_cache_bytes(cache: Any) -> int:

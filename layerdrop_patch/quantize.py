@@ -125,9 +125,9 @@ def _drop_sets(model) -> tuple[set[int], set[int]]:
 
 def _check_structure(model) -> None:
     """Every dropped sublayer is still absent and every kept one present (the quantiser recreated nothing)."""
-    from layerdrop_patch.modeling.modeling_layerdrop import architecture_for
+    from layerdrop_patch.architectures import get_architecture
 
-    arch = architecture_for(model.config)
+    arch = get_architecture(model)
     attn, mlp = _drop_sets(model)
     for i, layer in enumerate(model.model.layers):
         for part, dropped in ((arch.attn, i in attn), (arch.mlp, i in mlp)):
@@ -177,7 +177,7 @@ def _gptqmodel_quantize(model, tokenizer, rows: torch.Tensor, bits: int, group_s
     from gptqmodel.quantization.config import AWQConfig
     from gptqmodel.utils.importer import auto_select_device
 
-    from layerdrop_patch.modeling.modeling_layerdrop import base_model_type
+    from layerdrop_patch.architectures import base_model_type
 
     model_type = base_model_type(model.config)
     if model_type not in MODEL_MAP:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from layerdrop_patch.modeling.modeling_layerdrop import CACHE_KWARGS
 from layerdrop_patch.scoring import LayerScorer, batches_of, decoder_layers
 
 __all__ = ["empty_model", "score_offloaded", "CheckpointReader"]
@@ -171,7 +172,7 @@ def score_offloaded(model: Any, ids: torch.Tensor, arch: Any, batch_size: int, p
             if index == 0:
                 acts.append(hidden_states.to("cpu"))
             if capturing["record"]:
-                capturing["kwargs"].append({k: v for k, v in kwargs.items() if k != "past_key_values"})
+                capturing["kwargs"].append({k: v for k, v in kwargs.items() if k not in CACHE_KWARGS})
             if index == len(layers) - 1 or not capturing["record"]:
                 raise _Stop
             return hidden_states

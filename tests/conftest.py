@@ -2,15 +2,114 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
+
+import layerdrop_patch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Deprecations caused by our own code are errors. transformers warns about a renamed keyword from inside its
+# decorators, so the warning's own location says nothing; what counts is who made the call. Walking out from the
+# code that warns, frames of the warning package itself and of torch's module plumbing are passed over; the
+# first frame beyond them decides. A dependency there (peft calling a deprecated transformers API on our behalf)
+# is not ours; the package, or a shipped file as transformers runs it from its remote-code cache, is.
+PACKAGE_DIR = Path(layerdrop_patch.__file__).resolve().parent
+_SHIPPED_FILES = ("modeling_layerdrop.py", "configuration_layerdrop.py", "configuration_decilm.py")
+_STDLIB = str(Path(os.__file__).resolve().parent)
+
+
+def _origin(filename: str) -> str:
+    """"layerdrop", a dependency's top-level package name, "stdlib", or "project" (tests, benchmarks)."""
+    if filename.startswith(str(PACKAGE_DIR)) or Path(filename).name in _SHIPPED_FILES:
+        return "layerdrop"
+    parts = Path(filename).parts
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts and parts.index(marker) + 1 < len(parts):
+            return parts[parts.index(marker) + 1].split(".")[0]
+    if filename.startswith(_STDLIB) or filename.startswith("<"):
+        return "stdlib"
+    return "project"
+
+
+def caused_by_layerdrop(frame) -> bool:
+    """Whether the code that warned (`frame`) was called, through its own package and torch, by layerdrop."""
+    warner = _origin(frame.f_code.co_filename) if frame is not None else "layerdrop"
+    if warner == "layerdrop":  # our own deprecations are deliberate messages to users
+        return False
+    while frame is not None and _origin(frame.f_code.co_filename) in {warner, "torch", "stdlib"}:
+        frame = frame.f_back
+    return frame is not None and _origin(frame.f_code.co_filename) == "layerdrop"
+
+
+class _DeprecationLogIsAnError(logging.Handler):
+    """transformers also announces renames through its logger (e.g. reading `output.past_key_values`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "deprecat" in message.lower() and caused_by_layerdrop(sys._getframe(1)):
+            raise FutureWarning(f"layerdrop_patch triggered a deprecation logged by {record.name}: {message}")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _deprecations_from_layerdrop_are_errors():
+    original = warnings.warn
+
+    def warn(message, category=None, stacklevel=1, source=None, **kwargs):
+        kind = category or (type(message) if isinstance(message, Warning) else UserWarning)
+        if issubclass(kind, (DeprecationWarning, FutureWarning)) and caused_by_layerdrop(sys._getframe(1)):
+            raise kind(f"layerdrop_patch triggered a deprecation: {message}")
+        return original(message, category, stacklevel + 1, source, **kwargs)
+
+    handler = _DeprecationLogIsAnError(level=logging.WARNING)
+    transformers_logger = logging.getLogger("transformers")
+    warnings.warn = warn
+    transformers_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        warnings.warn = original
+        transformers_logger.removeHandler(handler)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which transformers releases this suite was last proven on (pyproject's [tool.layerdrop-patch]); a failing run on
+# any other release says so, because then a transformers change is the likely cause.
+def _tested_transformers() -> list[str]:
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    return tomllib.loads(pyproject.read_text())["tool"]["layerdrop-patch"]["transformers-tested"]
+
+
+def pytest_report_header(config):
+    import transformers
+
+    return f"transformers {transformers.__version__} (releases proven by CI before: {', '.join(_tested_transformers())})"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    import transformers
+
+    tested = _tested_transformers()
+    if exitstatus != 0 and transformers.__version__ not in tested:
+        terminalreporter.write_sep("=", "transformers compatibility", red=True, bold=True)
+        terminalreporter.write_line(
+            f"These failures ran on transformers {transformers.__version__}, a release this suite has not passed on "
+            f"before (last proven: {', '.join(tested)}). A change in transformers is the likely cause: read its "
+            f"release notes for the cache, generate() and config APIs that tests/test_compat.py exercises. Until "
+            f"layerdrop-patch supports it, install a proven release: pip install 'transformers=={tested[-1]}'.")
+
 
 TINY = dict(
     vocab_size=128,
@@ -36,6 +135,12 @@ FAMILY_DEFAULTS = {
 }
 # Gemma-2's soft-capped attention logits are implemented by the eager kernel only (transformers refuses sdpa).
 ATTN_IMPLEMENTATION = {"gemma2": "eager"}
+
+
+def load_kwargs(model_type: str) -> dict:
+    """from_pretrained keywords that reload a tiny model with the attention kernel it was built with (the kernel
+    is a load-time choice, not saved: transformers before 5.24 would pick sdpa for Gemma-2, off by ~1e-3)."""
+    return {"attn_implementation": ATTN_IMPLEMENTATION[model_type]} if model_type in ATTN_IMPLEMENTATION else {}
 
 
 def tiny_config(model_type: str = "llama", num_layers: int = 6, **overrides):

@@ -18,9 +18,9 @@ from layerdrop_patch.portability import run_without_package
 from layerdrop_patch import DropConfig
 from layerdrop_patch.architectures import UnsupportedArchitectureError, get_architecture
 from layerdrop_patch.checkpoint import from_pretrained, save_pretrained
-from layerdrop_patch.patch import apply_drop
+from layerdrop_patch.patch import apply_drop, returned_cache
 from layerdrop_patch.scoring import compute_importance
-from tests.conftest import ARCHITECTURE_CASES, tiny_config, tiny_model
+from tests.conftest import ARCHITECTURE_CASES, load_kwargs, tiny_config, tiny_model
 from tests.reference_forward import reference_greedy, reference_logits
 
 NUM_LAYERS = 6
@@ -57,13 +57,14 @@ def test_round_trips_and_load_time_drop_equal_the_reference(case, tmp_path):
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert config["model_type"] == "layerdrop_" + model_type
     assert config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_layerdrop.LayerDrop")
-    for loaded in (from_pretrained(tmp_path / "ckpt"),
-                   AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", trust_remote_code=True)):
+    kwargs = load_kwargs(model_type)
+    for loaded in (from_pretrained(tmp_path / "ckpt", **kwargs),
+                   AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", trust_remote_code=True, **kwargs)):
         assert torch.equal(_logits(loaded), expected)
         assert DropConfig.from_model(loaded).mlp == [1, 3]
 
     base.save_pretrained(tmp_path / "base")
-    at_load = from_pretrained(tmp_path / "base", drop_config=JOINT)
+    at_load = from_pretrained(tmp_path / "base", drop_config=JOINT, **kwargs)
     assert not hasattr(at_load.model.layers[0], "self_attn") and not hasattr(at_load.model.layers[1], "mlp")
     assert torch.equal(_logits(at_load), expected)
 
@@ -73,8 +74,8 @@ import torch
 from transformers import AutoModelForCausalLM
 ids = torch.tensor({ids!r})
 results = {{}}
-for name, path in {ckpts!r}.items():
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
+for name, (path, kwargs) in {ckpts!r}.items():
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, **kwargs).eval()
     gens = {{c: model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
                               do_sample=False, pad_token_id=0, cache_implementation=c).tolist()
             for c in ("dynamic", "static")}}
@@ -94,7 +95,7 @@ def test_every_family_loads_and_generates_past_the_window_without_the_package(tm
         model_type, overrides = param.values[0]
         bases[param.id] = tiny_model(model_type, NUM_LAYERS, **overrides)
         models[param.id] = apply_drop(copy.deepcopy(bases[param.id]), JOINT)
-        ckpts[param.id] = str(save_pretrained(models[param.id], tmp_path / param.id))
+        ckpts[param.id] = (str(save_pretrained(models[param.id], tmp_path / param.id)), load_kwargs(model_type))
     out = run_without_package(_LOAD_MANY.format(ckpts=ckpts, ids=prompt.tolist()), cwd=tmp_path)
     assert out.pop("layerdrop_modules") == []
     for name, got in out.items():
@@ -144,7 +145,7 @@ def test_each_kept_attention_keeps_its_kind_in_the_compact_cache(hybrid):
     layer_types = model.config.layer_types
     kept = [i for i in range(NUM_LAYERS) if i not in JOINT.attn]
     out = model.generate(IDS[:1, :5], max_new_tokens=10, do_sample=False, pad_token_id=0, return_dict_in_generate=True)
-    for cache in (out.past_key_values, model.make_cache(max_cache_len=32)):
+    for cache in (returned_cache(out), model.make_cache(max_cache_len=32)):
         assert len(cache.layers) == len(kept)
         for cache_index, layer_index in enumerate(kept):
             sliding = layer_types[layer_index] == "sliding_attention"

@@ -16,7 +16,7 @@ import torch
 
 from layerdrop_patch import DropConfig, apply_drop
 from layerdrop_patch.calibration import load_calibration
-from layerdrop_patch.patch import kv_cache_bytes
+from layerdrop_patch.patch import kv_cache_bytes, returned_cache
 from layerdrop_patch.scoring import compute_importance
 from tests.reference_forward import reference_logits
 
@@ -71,9 +71,9 @@ def test_gemma3_generation_past_the_sliding_window_equals_no_cache_reference(gem
 
     kept = [i for i in range(18) if i not in DROP.attn]
     for cache in runs.values():
-        layers = cache.past_key_values.layers
+        layers = returned_cache(cache).layers
         assert [layer.is_sliding for layer in layers] == [config.layer_types[i] == "sliding_attention" for i in kept]
-    assert kv_cache_bytes(runs["dynamic"].past_key_values) > 0
+    assert kv_cache_bytes(returned_cache(runs["dynamic"])) > 0
 
     # No-cache recomputation of every greedy step at once: causal attention makes the logits at position p of
     # the whole sequence those of a fresh forward over its first p + 1 tokens.

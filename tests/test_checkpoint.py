@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from layerdrop_patch import DropConfig, portability
 from layerdrop_patch.checkpoint import from_pretrained, save_pretrained
+from layerdrop_patch.modeling import SHIPPED_FILES
 from layerdrop_patch.patch import apply_drop, parameter_bytes
 from tests.conftest import tiny_model
 
@@ -116,6 +117,10 @@ def test_edited_drop_config_is_refused(tmp_path):
     config = json.loads(path.read_text())
     config["drop_config"]["attn"] = [0, 2]  # claims layer 3 kept, but its weights are gone
     path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="per_layer_config .* disagrees with its drop_config"):
+        from_pretrained(path.parent)
+    del config["per_layer_config"]  # a careful edit: the weights still give it away
+    path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"missing.*layers\.3\.self_attn"):
         from_pretrained(path.parent)
 
@@ -141,7 +146,8 @@ with torch.no_grad():
     logits = model(ids).logits
 gens = {{c: model.generate(ids[:1], max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0,
                           cache_implementation=c, return_dict_in_generate=True) for c in ("dynamic", "static")}}
-print(json.dumps({{"logits": logits.tolist(), "layers": len(gens["dynamic"].past_key_values.layers),
+cache = gens["dynamic"].cache if "cache" in type(gens["dynamic"]).__dataclass_fields__ else gens["dynamic"].past_key_values
+print(json.dumps({{"logits": logits.tolist(), "layers": len(cache.layers),
                   "gen": {{c: g.sequences.tolist() for c, g in gens.items()}}}}))
 """
 
@@ -205,10 +211,10 @@ def test_interrupted_save_leaves_nothing_that_loads(tmp_path):
         from_pretrained(target)
 
 
-def test_shipped_remote_code_is_small_and_harmless():
+@pytest.mark.parametrize("path", SHIPPED_FILES, ids=lambda p: p.name)
+def test_shipped_remote_code_is_small_and_harmless(path):
     import ast
 
-    path = Path(__file__).parents[1] / "layerdrop_patch/modeling/modeling_layerdrop.py"
     source = path.read_text()
     assert len(source.splitlines()) <= 400
     tree = ast.parse(source)
@@ -217,13 +223,24 @@ def test_shipped_remote_code_is_small_and_harmless():
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            imported.add((node.module or "").split(".")[0])
-    assert imported <= {"__future__", "contextvars", "copy", "re", "dataclasses", "torch", "transformers"}, imported
+            imported.add("." * node.level + (node.module or "").split(".")[0])
+    allowed = {"__future__", "contextvars", "copy", "inspect", "re", "dataclasses", "torch", "transformers",
+               ".configuration_layerdrop"}
+    assert imported <= allowed, imported
     forbidden = {"eval", "exec", "compile", "__import__", "open", "getattr_static", "importlib", "os", "sys",
                  "socket", "subprocess", "urllib", "requests", "httpx", "pickle", "marshal"}
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
         n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
     assert not names & forbidden, names & forbidden
+
+
+def test_drop_config_fields_are_the_keys_the_shipped_code_accepts():
+    import dataclasses
+
+    from layerdrop_patch.modeling.configuration_layerdrop import DROP_CONFIG_KEYS
+
+    assert set(DropConfig().to_dict()) == set(DROP_CONFIG_KEYS)
+    assert {f.name for f in dataclasses.fields(DropConfig)} | {"format_version"} == set(DROP_CONFIG_KEYS)
 
 
 @pytest.mark.integration
@@ -240,3 +257,72 @@ def test_smollm2_round_trip_without_package(smollm2, tmp_path):
     assert out["layers"] == 26
     expected = pruned.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
     assert out["gen"]["dynamic"] == out["gen"]["static"] == expected.tolist()
+
+
+# --------------------------------------------------------------------------- the stock habits stay portable
+_PORTABLE_KEYS = ("model_type", "architectures", "auto_map", "drop_config", "per_layer_config")
+
+
+def _portable_layout(directory: Path) -> dict:
+    config = json.loads((directory / "config.json").read_text())
+    with safe_open(directory / "model.safetensors", "pt") as f:
+        keys = sorted(f.keys())
+    return {"config": {k: config.get(k) for k in _PORTABLE_KEYS},
+            "modeling": (directory / "modeling_layerdrop.py").read_bytes(), "weights": keys}
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text", "phi3"])
+def test_stock_save_pretrained_writes_the_same_portable_checkpoint(tmp_path, model_type):
+    """`model.save_pretrained(dir)` after apply_drop is what users do; it must not write a stock checkpoint
+    that transformers would load with the dropped sublayers randomly initialised."""
+    from layerdrop_patch.modeling import MODELING_FILE
+
+    model = apply_drop(tiny_model(model_type, 6), DROPS["joint"])
+    model.save_pretrained(tmp_path / "stock")
+    save_pretrained(model, tmp_path / "library")
+    stock = _portable_layout(tmp_path / "stock")
+    assert stock == _portable_layout(tmp_path / "library")
+    assert stock["config"]["model_type"] == f"layerdrop_{model_type}"
+    assert stock["config"]["auto_map"]["AutoModelForCausalLM"].startswith("modeling_layerdrop.LayerDrop")
+    assert stock["modeling"] == MODELING_FILE.read_bytes()
+    assert not any(k.startswith("model.layers.0.self_attn.") or k.startswith("model.layers.1.mlp.")
+                   for k in stock["weights"])
+    with pytest.raises(ValueError):  # without remote code, plain transformers refuses instead of random-initialising
+        AutoModelForCausalLM.from_pretrained(tmp_path / "stock")
+    with torch.no_grad():
+        expected = model(IDS).logits
+        for loaded in (from_pretrained(tmp_path / "stock"),
+                       AutoModelForCausalLM.from_pretrained(tmp_path / "stock", trust_remote_code=True)):
+            assert torch.equal(loaded(IDS).logits, expected)
+
+
+_LOAD_AND_RESAVE = """
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained({ckpt!r}, trust_remote_code=True)
+model.save_pretrained({out!r})
+print(json.dumps({{"class": type(model).__module__ + "." + type(model).__name__}}))
+"""
+
+
+def test_a_model_loaded_through_remote_code_saves_portably_again(tmp_path):
+    """Plain transformers + the shipped file, no package: load, save_pretrained, and the result is portable."""
+    model = apply_drop(tiny_model("llama", 6), DROPS["joint"])
+    save_pretrained(model, tmp_path / "ckpt")
+    out = portability.run_without_package(
+        _LOAD_AND_RESAVE.format(ckpt=str(tmp_path / "ckpt"), out=str(tmp_path / "resaved")), cwd=tmp_path)
+    assert out["class"].startswith("transformers_modules.") and out["layerdrop_modules"] == []
+    assert _portable_layout(tmp_path / "resaved") == _portable_layout(tmp_path / "ckpt")
+    with torch.no_grad():
+        assert torch.equal(from_pretrained(tmp_path / "resaved")(IDS).logits, model(IDS).logits)
+
+
+def test_per_layer_config_that_disagrees_with_drop_config_is_refused(tmp_path):
+    model = apply_drop(tiny_model("llama", 4), DropConfig(attn=[1]))
+    save_pretrained(model, tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    config["per_layer_config"] = {"2": {"skip": ["input_layernorm", "self_attn"]}}
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    for load in (from_pretrained, lambda p: AutoModelForCausalLM.from_pretrained(p, trust_remote_code=True)):
+        with pytest.raises(ValueError, match="disagrees with its drop_config"):
+            load(tmp_path / "ckpt")

@@ -93,7 +93,7 @@ def test_drop_manual_blocks_and_a_baseline_without_scores(runner, work, manual):
 def test_user_errors_are_one_line_without_traceback(runner, work):
     result = invoke(runner, "drop", work / "tiny", "--attn", 9, "-o", work / "bad", ok=False)
     assert result.exit_code == 1
-    assert "Error: DropConfig.attn: layer index 9 is out of range" in result.output
+    assert "Error: drop_config.attn: layer index 9 is out of range" in result.output
     assert "Traceback" not in result.output and not (work / "bad").exists()
     result = invoke(runner, "drop", work / "tiny", "--method", "random", "-n", 2, "--ratio", 0.5, "-o", work / "bad",
                     ok=False)

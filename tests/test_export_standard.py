@@ -12,7 +12,7 @@ from layerdrop_patch.checkpoint import save_pretrained
 from layerdrop_patch.export import ExportError, export
 from layerdrop_patch.export.standard import standard_layer_map
 from layerdrop_patch.patch import apply_drop
-from tests.conftest import tiny_model
+from tests.conftest import load_kwargs, tiny_model
 
 IDS = torch.randint(1, 128, (2, 11), generator=torch.Generator().manual_seed(5))
 
@@ -36,7 +36,7 @@ def test_standard_export_loads_in_plain_transformers_with_identical_logits(tmp_p
     assert config["model_type"] == model_type and config["num_hidden_layers"] == len(layer_map)
     assert not {"drop_config", "auto_map", "per_layer_config"} & set(config)
     assert not list(out.glob("*.py")), "a standard export must not need remote code"
-    loaded = AutoModelForCausalLM.from_pretrained(out).eval()  # no trust_remote_code
+    loaded = AutoModelForCausalLM.from_pretrained(out, **load_kwargs(model_type)).eval()  # no trust_remote_code
     assert type(loaded).__module__.startswith("transformers.models.") and "LayerDrop" not in type(loaded).__name__
     with torch.no_grad():
         assert torch.equal(loaded(IDS).logits, model(IDS).logits)

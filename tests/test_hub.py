@@ -31,7 +31,7 @@ from huggingface_hub.utils import _http as hf_http
 from layerdrop_patch import DropConfig
 from layerdrop_patch.hub import NotALayerdropCheckpointError, push_to_hub
 from layerdrop_patch.model_card import GENERATED_MARKER, render_model_card, write_model_card
-from layerdrop_patch.modeling import MODELING_FILE
+from layerdrop_patch.modeling import MODELING_FILE, SHIPPED_FILES
 
 httpx = pytest.importorskip("httpx2" if hasattr(hf_http, "httpx2") else "httpx")
 if not hasattr(hf_http, "set_client_factory"):  # pragma: no cover - huggingface_hub < 1.0 (requests-based)
@@ -72,6 +72,8 @@ class FakeHub:
             ("PUT", r"/__lfs/upload/(?P<oid>[0-9a-f]{64})", self._lfs_put),
             ("POST", r"/__lfs/verify/(?P<oid>[0-9a-f]{64})", self._lfs_verify),
             ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>.+)", self._commit),
+            ("HEAD", r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)", self._resolve),
+            ("GET", r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)", self._resolve),
         ]
         for method, pattern, handler in routes:
             match = re.fullmatch(pattern, path)
@@ -180,6 +182,14 @@ class FakeHub:
         return self._json(200, {"commitUrl": f"{ENDPOINT}/{repo}/commit/{oid}", "commitOid": oid,
                                 "pullRequestUrl": pr})
 
+    def _resolve(self, request, repo, rev, path):
+        """A file download (transformers' push_to_hub looks for an existing model card first)."""
+        data = self.repos.get(repo, {}).get("refs", {}).get(rev, {}).get(path)
+        if data is None:
+            return httpx.Response(404, headers={"x-error-code": "EntryNotFound"}, json={"error": "Entry not found"})
+        return httpx.Response(200, content=data if request.method == "GET" else b"",
+                              headers={"content-length": str(len(data)), "x-repo-commit": "0" * 40})
+
     def files(self, repo=REPO, rev="main") -> dict[str, bytes]:
         return self.repos[repo]["refs"][rev]
 
@@ -244,12 +254,13 @@ def checkpoint_dir(tmp_path) -> Path:
     d = tmp_path / "ckpt"
     d.mkdir()
     config = dict(TINY_CONFIG, model_type="layerdrop_llama", architectures=["LayerDropLlamaForCausalLM"],
-                  auto_map={"AutoConfig": "modeling_layerdrop.LayerDropLlamaConfig",
+                  auto_map={"AutoConfig": "configuration_layerdrop.LayerDropLlamaConfig",
                             "AutoModelForCausalLM": "modeling_layerdrop.LayerDropLlamaForCausalLM"},
                   drop_config=DROP.to_dict())
     (d / "config.json").write_text(json.dumps(config, indent=2))
     save_file(_tiny_state_dict(DROP), str(d / "model.safetensors"))
-    shutil.copyfile(MODELING_FILE, d / "modeling_layerdrop.py")
+    for shipped in SHIPPED_FILES:
+        shutil.copyfile(shipped, d / shipped.name)
     return d
 
 
@@ -258,7 +269,8 @@ def _snapshot(directory: Path) -> dict[str, bytes]:
 
 
 def _assert_published(files: dict[str, bytes], local: Path) -> str:
-    assert set(files) == {"config.json", "model.safetensors", "modeling_layerdrop.py", "README.md"}
+    assert set(files) == {"config.json", "model.safetensors", "modeling_layerdrop.py", "configuration_layerdrop.py",
+                          "README.md"}
     assert files["model.safetensors"] == (local / "model.safetensors").read_bytes()
     assert files["modeling_layerdrop.py"] == Path(MODELING_FILE).read_bytes()
     assert json.loads(files["config.json"])["drop_config"] == DROP.to_dict()
@@ -371,6 +383,7 @@ def test_wrong_token_is_the_hubs_error(fake_hub, checkpoint_dir):
 @pytest.mark.parametrize("breakage, match", [
     ("no_drop_config", "no drop_config"),
     ("no_modeling", "modeling_layerdrop.py"),
+    ("no_configuration", "configuration_layerdrop.py"),
     ("no_weights", "no \\*.safetensors"),
     ("bad_index", "out of range"),
     ("no_config", "no config.json"),
@@ -384,6 +397,7 @@ def test_not_a_layerdrop_checkpoint(fake_hub, checkpoint_dir, breakage, match):
         config["drop_config"]["attn"] = [7]
     config_path.write_text(json.dumps(config))
     {"no_modeling": checkpoint_dir / "modeling_layerdrop.py", "no_weights": checkpoint_dir / "model.safetensors",
+     "no_configuration": checkpoint_dir / "configuration_layerdrop.py",
      "no_config": config_path}.get(breakage, Path("/nonexistent")).unlink(missing_ok=True)
     with pytest.raises(NotALayerdropCheckpointError, match=match):
         push_to_hub(checkpoint_dir, REPO, token=TOKEN)
@@ -468,3 +482,28 @@ def test_write_model_card_is_atomic_and_copies_plot(checkpoint_dir, tmp_path):
     (tmp_path / "not.png").write_text("hello")
     with pytest.raises(ValueError, match="not a PNG"):
         write_model_card(checkpoint_dir, scores_plot=tmp_path / "not.png")
+
+
+def test_stock_model_push_to_hub_publishes_a_portable_checkpoint(fake_hub, tmp_path):
+    """transformers' own `model.push_to_hub` after apply_drop: the shipped classes make it portable."""
+    from transformers import AutoModelForCausalLM
+
+    from layerdrop_patch.patch import apply_drop
+    from tests.conftest import tiny_model
+
+    model = apply_drop(tiny_model("llama", 4), copy.deepcopy(DROP))
+    model.push_to_hub(REPO, token=TOKEN)
+    files = fake_hub.files()
+    config = json.loads(files["config.json"])
+    assert config["model_type"] == "layerdrop_llama" and config["drop_config"]["attn"] == [1, 3]
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_layerdrop.LayerDropLlamaForCausalLM"
+    assert files["modeling_layerdrop.py"] == MODELING_FILE.read_bytes()
+    assert not any(k.startswith("model.layers.1.self_attn") for k in load_safetensors(files["model.safetensors"]))
+    out = tmp_path / "downloaded"
+    out.mkdir()
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    with torch.no_grad():
+        loaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+        assert torch.equal(loaded(ids).logits, model(ids).logits)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from layerdrop_patch import DropConfig, apply_drop
-from layerdrop_patch.patch import kv_cache_bytes
+from layerdrop_patch.patch import kv_cache_bytes, returned_cache
 from tests.reference_forward import reference_logits
 
 pytestmark = pytest.mark.integration
@@ -35,4 +35,4 @@ def test_smollm2_generation_with_compact_cache_equals_no_cache(smollm2, cache):
     assert cached.sequences.tolist() == uncached.tolist()
     baseline = model.generate(**inputs, cache_implementation=cache, return_dict_in_generate=True, **kwargs)
     kept, total = 30 - len(cfg.attn), 30
-    assert kv_cache_bytes(cached.past_key_values) * total == kv_cache_bytes(baseline.past_key_values) * kept
+    assert kv_cache_bytes(returned_cache(cached)) * total == kv_cache_bytes(returned_cache(baseline)) * kept

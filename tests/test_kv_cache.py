@@ -7,7 +7,8 @@ import torch
 from transformers import DynamicCache
 
 from layerdrop_patch import DropConfig
-from layerdrop_patch.patch import apply_drop, kv_cache_bytes
+from layerdrop_patch.modeling.modeling_layerdrop import CACHE_KWARGS
+from layerdrop_patch.patch import apply_drop, kv_cache_bytes, returned_cache
 from tests.conftest import tiny_model
 from tests.reference_forward import reference_greedy
 
@@ -76,7 +77,7 @@ def test_kv_bytes_are_kept_over_total_times_baseline(arch_case, cache):
 
     def kv_bytes(model):
         out = _greedy(model, ids, 4, cache_implementation=cache, return_dict_in_generate=True)
-        return kv_cache_bytes(out.past_key_values), len(out.past_key_values.layers), out.past_key_values
+        return kv_cache_bytes(returned_cache(out)), len(returned_cache(out).layers), returned_cache(out)
 
     baseline, baseline_layers, baseline_cache = kv_bytes(base)
     assert baseline > 0 and baseline_layers == NUM_LAYERS
@@ -93,14 +94,36 @@ def test_kv_bytes_are_kept_over_total_times_baseline(arch_case, cache):
 def test_forward_without_cache_argument_builds_a_compact_cache():
     model = apply_drop(tiny_model("llama", NUM_LAYERS), DropConfig(attn=[0, 3]))
     out = model(torch.randint(1, 128, (1, 4)))
-    assert len(out.past_key_values.layers) == 4 and out.past_key_values.get_seq_length() == 4
+    assert len(returned_cache(out).layers) == 4 and returned_cache(out).get_seq_length() == 4
     assert len(model.make_cache(max_cache_len=16).layers) == 4
 
 
-def test_cache_built_for_the_full_model_is_refused():
+@pytest.mark.parametrize("keyword", CACHE_KWARGS)
+def test_cache_built_for_the_full_model_is_refused_under_either_keyword(keyword):
     model = apply_drop(tiny_model("llama", NUM_LAYERS), DropConfig(attn=[0, 3]))
+    ids = torch.randint(1, 128, (1, 4))
+    full = DynamicCache(config=tiny_model("llama", NUM_LAYERS).config)
     with pytest.raises(ValueError, match=r"keeps 4 of 6 attention layers.*model.make_cache\(\)"):
-        model(torch.randint(1, 128, (1, 4)), past_key_values=DynamicCache(config=model.config))
+        model(ids, **{keyword: full})
+    with pytest.raises(ValueError, match=r"keeps 4 of 6 attention layers"):
+        _greedy(model, ids, 2, **{keyword: DynamicCache(config=tiny_model("llama", NUM_LAYERS).config)})
+
+
+@pytest.mark.parametrize("keyword", CACHE_KWARGS)
+def test_a_compact_cache_passed_under_either_keyword_is_used(keyword):
+    """Prefill, then decode one token through the cache given back: it must be the compact one, filled."""
+    base = tiny_model("llama", NUM_LAYERS)
+    model = apply_drop(copy.deepcopy(base), DropConfig(attn=[0, 3]))
+    ids = torch.randint(1, 128, (1, 6), generator=torch.Generator().manual_seed(8))
+    cache = model.make_cache()
+    with torch.no_grad():
+        first = model(ids[:, :5], **{keyword: cache})
+        assert returned_cache(first) is cache and cache.get_seq_length() == 5 and len(cache.layers) == 4
+        step = model(ids[:, 5:], **{keyword: cache}).logits[0, -1]
+        full = model(ids, use_cache=False).logits[0, -1]
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="both `cache` and `past_key_values`"):  # the decoder stack takes both names
+        model.model(ids, cache=model.make_cache(), past_key_values=model.make_cache())
 
 
 def test_all_attention_dropped_still_generates():
@@ -109,5 +132,5 @@ def test_all_attention_dropped_still_generates():
     model = apply_drop(copy.deepcopy(base), cfg)
     ids = torch.randint(1, 128, (1, 4), generator=torch.Generator().manual_seed(7))
     out = _greedy(model, ids, 4, return_dict_in_generate=True)
-    assert kv_cache_bytes(out.past_key_values) == 0
+    assert kv_cache_bytes(returned_cache(out)) == 0
     assert out.sequences.tolist() == reference_greedy(base, ids, 4, {0, 1, 2}).tolist()

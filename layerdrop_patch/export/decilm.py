@@ -36,6 +36,7 @@ import math
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -276,7 +277,10 @@ def load_decilm(directory: str | os.PathLike, **hf_kwargs):
     written by `export_decilm`) adds exactly nothing and is dropped too. Kept layers must share one KV-head
     count and one MLP width, which is what the patched Llama model can express.
     """
-    from layerdrop_patch.modeling.modeling_layerdrop import LayerDropLlamaConfig, LayerDropLlamaForCausalLM
+    from layerdrop_patch.architectures import remote_class_for
+
+    LayerDropLlamaForCausalLM = remote_class_for(SimpleNamespace(model_type="llama"))
+    LayerDropLlamaConfig = LayerDropLlamaForCausalLM.config_class
 
     directory = Path(directory)
     problems = check_decilm_dir(directory)

@@ -31,7 +31,7 @@ from layerdrop_patch.export.common import (
     drop_of,
     pack_layers,
 )
-from layerdrop_patch.modeling import modeling_layerdrop as _m
+from layerdrop_patch.architectures import base_model_type, get_architecture, supported_model_types
 
 __all__ = ["export_standard", "standard_layer_map"]
 
@@ -49,7 +49,7 @@ def standard_layer_map(model) -> list[tuple[int, int]]:
         described = "; ".join(layer.describe() for layer in incomplete[:6])
         raise ExportError(
             f"the drop ({drop.describe()}) leaves layers with only an attention or only an MLP ({described}"
-            f"{' ...' if len(incomplete) > 6 else ''}), which a standard {_m.base_model_type(model.config)} "
+            f"{' ...' if len(incomplete) > 6 else ''}), which a standard {base_model_type(model.config)} "
             "checkpoint cannot express: every layer of it has both. Export with format='decilm' (Nemotron-NAS "
             "format, served natively by vLLM) or format='gguf' (llama.cpp), which store per-layer structure."
         )
@@ -61,7 +61,7 @@ def standard_layer_map(model) -> list[tuple[int, int]]:
 def _standard_config(model, layer_map: list[tuple[int, int]]):
     from transformers import AutoConfig
 
-    model_type = _m.base_model_type(model.config)
+    model_type = base_model_type(model.config)
     data = model.config.to_dict()
     for key in _DROPPED_CONFIG_KEYS:
         data.pop(key, None)
@@ -73,7 +73,7 @@ def _standard_config(model, layer_map: list[tuple[int, int]]):
 
 
 def _renamed_state_dict(model, layer_map: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
-    arch = _m.architecture_for(model.config)
+    arch = get_architecture(model)
     attn_names, mlp_names = arch.attn.attribute_names(), arch.mlp.attribute_names()
     state = {k: v.detach() for k, v in model.state_dict().items()}
     out = {k: v for k, v in state.items() if not k.startswith("model.layers.")}
@@ -91,7 +91,7 @@ def export_standard(model, out: str | os.PathLike, tokenizer=None, *, overwrite:
     """Write `model` (dropped in place by `apply_drop`) as a stock checkpoint with fewer layers; returns `out`."""
     from transformers import AutoModelForCausalLM
 
-    check_supported(model, "standard", tuple(_m.ARCHITECTURES))
+    check_supported(model, "standard", tuple(supported_model_types()))
     layer_map = standard_layer_map(model)
     config = _standard_config(model, layer_map)
     state = _renamed_state_dict(model, layer_map)
@@ -116,7 +116,7 @@ def export_standard(model, out: str | os.PathLike, tokenizer=None, *, overwrite:
             tokenizer.save_pretrained(staging)
         provenance = {
             "format": "standard",
-            "base_model_type": _m.base_model_type(model.config),
+            "base_model_type": base_model_type(model.config),
             "original_num_hidden_layers": model.config.num_hidden_layers,
             "layers": [{"attention_from": a, "mlp_from": m} for a, m in layer_map],
             "drop_config": drop.to_dict(),

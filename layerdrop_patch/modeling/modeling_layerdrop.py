@@ -5,8 +5,9 @@ This file is used in two places, unchanged:
   * by the `layerdrop_patch` library (`apply_drop`, `from_pretrained`), and
   * copied verbatim next to the weights of every saved pruned checkpoint, where transformers loads it as
     remote code (`trust_remote_code=True`) on machines that do not have `layerdrop_patch` installed.
-It therefore imports nothing but torch and transformers, reads nothing from disk or network and holds
-only the modelling logic. Keep it that way: it is what users audit before trusting a checkpoint.
+It therefore imports nothing but torch, transformers and its sibling `configuration_layerdrop.py` (the
+families and the drop_config rules, shipped with it), reads nothing from disk or network and holds only the
+modelling logic. Keep it that way: it is what users audit before trusting a checkpoint.
 
 How a drop works:
   1. `model.config.drop_config` (a JSON dict: {"attn": [...], "mlp": [...], ...}) names the decoder layers
@@ -24,95 +25,19 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import inspect
 import re
-from dataclasses import dataclass
 
-from transformers import Cache, DynamicCache, StaticCache
-from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
-from transformers import Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import Cache, DynamicCache, LlamaModel, StaticCache
 
-MODEL_TYPE_PREFIX = "layerdrop_"
+from .configuration_layerdrop import (FAMILIES, SHIPPED_CONFIGS, Architecture, Sublayer, architecture_for,
+                                      dropped_sets, kept_attention_layers)
 
-
-# --------------------------------------------------------------------------- architecture descriptors
-@dataclass(frozen=True)
-class Sublayer:
-    """Attribute names (on the decoder layer) of one residual branch: out = x + dropout(post(module(pre(x))))."""
-
-    module: str
-    pre_norm: str
-    post_norm: str | None = None
-    dropout: str | None = None
-
-    def attribute_names(self) -> tuple[str, ...]:
-        return tuple(n for n in (self.module, self.pre_norm, self.post_norm, self.dropout) if n)
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """How to find the two residual branches of one model family's decoder layer."""
-
-    attn: Sublayer
-    mlp: Sublayer
-
-
-# Llama-style: one RMSNorm before each sublayer. Qwen3's q/k norms live inside `self_attn`, so they go with it.
-_PRE_NORM_ONLY = Architecture(
-    attn=Sublayer("self_attn", "input_layernorm"),
-    mlp=Sublayer("mlp", "post_attention_layernorm"),
-)
-# Gemma 2/3 normalise each branch's output too; in these layers `post_attention_layernorm` is that output norm.
-_PRE_AND_POST_NORM = Architecture(
-    attn=Sublayer("self_attn", "input_layernorm", "post_attention_layernorm"),
-    mlp=Sublayer("mlp", "pre_feedforward_layernorm", "post_feedforward_layernorm"),
-)
-# Phi-3 (fused qkv_proj / gate_up_proj, both inside their modules) adds a dropout on each branch's output.
-_PRE_NORM_RESID_DROPOUT = Architecture(
-    attn=Sublayer("self_attn", "input_layernorm", dropout="resid_attn_dropout"),
-    mlp=Sublayer("mlp", "post_attention_layernorm", dropout="resid_mlp_dropout"),
-)
-
-# model_type -> descriptor. Adding a family = one entry here (plus its remote-code classes below and a
-# parametrised test). The library's `architectures.py` builds its support table from this dict.
-# Attention modules of every family here read `layer_idx` only to address the cache; sliding vs full is
-# fixed per module at construction (or by config for the whole model), so remapping `layer_idx` is safe.
-ARCHITECTURES: dict[str, Architecture] = {
-    "llama": _PRE_NORM_ONLY,
-    "mistral": _PRE_NORM_ONLY,
-    "qwen2": _PRE_NORM_ONLY,
-    "qwen3": _PRE_NORM_ONLY,
-    "gemma2": _PRE_AND_POST_NORM,
-    "gemma3_text": _PRE_AND_POST_NORM,
-    "phi3": _PRE_NORM_RESID_DROPOUT,
-}
-
-
-def base_model_type(config) -> str:
-    """The transformers model_type a (possibly layerdrop_-prefixed) config is built on."""
-    model_type = getattr(config, "model_type", "") or ""
-    return model_type[len(MODEL_TYPE_PREFIX):] if model_type.startswith(MODEL_TYPE_PREFIX) else model_type
-
-
-def architecture_for(config) -> Architecture:
-    model_type = base_model_type(config)
-    if model_type not in ARCHITECTURES:
-        raise NotImplementedError(
-            f"layerdrop: model_type {model_type!r} is not supported; supported model types are "
-            f"{sorted(ARCHITECTURES)}."
-        )
-    return ARCHITECTURES[model_type]
-
-
-def dropped_sets(config) -> tuple[frozenset[int], frozenset[int]]:
-    """(attention layers dropped, MLP layers dropped) as recorded in `config.drop_config`."""
-    drop = getattr(config, "drop_config", None) or {}
-    return frozenset(drop.get("attn", ())), frozenset(drop.get("mlp", ()))
-
-
-def kept_attention_layers(config) -> list[int]:
-    attn_dropped, _ = dropped_sets(config)
-    return [i for i in range(config.num_hidden_layers) if i not in attn_dropped]
+# The keyword under which decoder forwards and generate() carry the KV cache. transformers 5.24 renamed
+# `past_key_values` to `cache` (the old name warns until 5.40); read it off the installed release rather than
+# guessing from its version number, and accept either name from callers.
+CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+CACHE_KWARGS = ("cache", "past_key_values")
 
 
 def dropped_weight_patterns(config) -> set[str]:
@@ -219,17 +144,29 @@ def check_cache_layout(cache, config) -> None:
         )
 
 
+def pop_cache_argument(kwargs: dict):
+    """Remove the cache from `kwargs` under either keyword and return it (None if absent); two different
+    caches under the two names are refused, since one of them would silently be ignored."""
+    caches = [c for c in (kwargs.pop(name, None) for name in CACHE_KWARGS) if c is not None]
+    if len(caches) == 2 and caches[0] is not caches[1]:
+        raise ValueError(f"layerdrop: both `cache` and `past_key_values` were given; pass the cache once, as "
+                         f"`{CACHE_KWARG}=`.")
+    return caches[0] if caches else None
+
+
 # --------------------------------------------------------------------------- model-level mixins
 class LayerDropBaseModelMixin:
     """Mixed into the decoder stack (e.g. LlamaModel): builds compact caches when none is passed."""
 
-    def forward(self, *args, past_key_values=None, use_cache=None, **kwargs):
+    def forward(self, *args, use_cache=None, **kwargs):
+        cache = pop_cache_argument(kwargs)
         wants_cache = use_cache if use_cache is not None else getattr(self.config, "use_cache", False)
-        if past_key_values is None and wants_cache:
-            past_key_values = make_compact_cache(self.config)
-        elif past_key_values is not None:
-            check_cache_layout(past_key_values, self.config)
-        return super().forward(*args, past_key_values=past_key_values, use_cache=use_cache, **kwargs)
+        if cache is None and wants_cache:
+            cache = make_compact_cache(self.config)
+        elif cache is not None:
+            check_cache_layout(cache, self.config)
+        kwargs[CACHE_KWARG] = cache
+        return super().forward(*args, use_cache=use_cache, **kwargs)
 
 
 class LayerDropCausalLMMixin:
@@ -275,16 +212,23 @@ class LayerDropCausalLMMixin:
             )
         return (model, info) if want_info else model
 
+    def generate(self, *args, **kwargs):
+        """transformers' generate(), taking a cache under either keyword on every supported release."""
+        cache = pop_cache_argument(kwargs)
+        if cache is not None:
+            kwargs[CACHE_KWARG] = cache
+        return super().generate(*args, **kwargs)
+
     def make_cache(self, max_cache_len: int | None = None) -> Cache:
         """A cache for this model: dynamic, or static with `max_cache_len` slots."""
         return make_compact_cache(self.config, max_cache_len=max_cache_len)
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        user_cache = model_kwargs.get("past_key_values")
+        user_cache = model_kwargs.get(CACHE_KWARG)
         result = super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-        cache = model_kwargs.get("past_key_values")
+        cache = model_kwargs.get(CACHE_KWARG)
         if cache is not None and cache is not user_cache:
-            model_kwargs["past_key_values"] = make_compact_cache(self.config, like=cache)
+            model_kwargs[CACHE_KWARG] = make_compact_cache(self.config, like=cache)
         return result
 
 
@@ -328,32 +272,21 @@ def prune_model(model) -> None:
         getattr(layers[layer_index], arch.attn.module).layer_idx = cache_index
     _mix_in(model.model, LayerDropBaseModelMixin)
     _mix_in(model, LayerDropCausalLMMixin)
+    shipped = SHIPPED_CONFIGS.get(type(config))
+    if shipped is not None:  # the decoder stack shares this config object, so it follows too
+        config.__class__ = shipped
 
 
 # --------------------------------------------------------------------------- remote-code classes
-# Saved checkpoints name these in config.json's `auto_map`. The `layerdrop_` model types make plain
-# transformers refuse such a checkpoint without `trust_remote_code` instead of silently random-initialising
-# the removed weights.
-def _remote_pair(config_class: type, model_class: type) -> tuple[type, type]:
-    """LayerDrop<X>Config / LayerDrop<X>ForCausalLM for one family, named after the stock classes."""
-    prefix = "LayerDrop"
-    config = type(prefix + config_class.__name__, (config_class,),
-                  {"model_type": MODEL_TYPE_PREFIX + config_class.model_type, "__module__": __name__})
-    model = type(prefix + model_class.__name__, (LayerDropCausalLMMixin, model_class),
-                 {"config_class": config, "__module__": __name__})
-    return config, model
-
-
-LayerDropLlamaConfig, LayerDropLlamaForCausalLM = _remote_pair(LlamaConfig, LlamaForCausalLM)
-LayerDropMistralConfig, LayerDropMistralForCausalLM = _remote_pair(MistralConfig, MistralForCausalLM)
-LayerDropQwen2Config, LayerDropQwen2ForCausalLM = _remote_pair(Qwen2Config, Qwen2ForCausalLM)
-LayerDropQwen3Config, LayerDropQwen3ForCausalLM = _remote_pair(Qwen3Config, Qwen3ForCausalLM)
-LayerDropGemma2Config, LayerDropGemma2ForCausalLM = _remote_pair(Gemma2Config, Gemma2ForCausalLM)
-LayerDropGemma3TextConfig, LayerDropGemma3ForCausalLM = _remote_pair(Gemma3TextConfig, Gemma3ForCausalLM)
-LayerDropPhi3Config, LayerDropPhi3ForCausalLM = _remote_pair(Phi3Config, Phi3ForCausalLM)
-
-REMOTE_CLASSES = (LayerDropLlamaForCausalLM, LayerDropMistralForCausalLM, LayerDropQwen2ForCausalLM,
-                  LayerDropQwen3ForCausalLM, LayerDropGemma2ForCausalLM, LayerDropGemma3ForCausalLM,
-                  LayerDropPhi3ForCausalLM)
-for _remote_class in REMOTE_CLASSES:  # patching a stock model in memory yields the same class
-    _MIXED_CLASSES[(LayerDropCausalLMMixin, _remote_class.__mro__[2])] = _remote_class
+# LayerDrop<X>ForCausalLM for every family (e.g. LayerDropLlamaForCausalLM), as module attributes so that
+# config.json's `auto_map` finds them. `_auto_class` makes transformers' own `save_pretrained` / `push_to_hub`
+# write the portable layout (auto_map, both shipped files), so the stock habit cannot produce a checkpoint
+# that loads wrong; patching a stock model in memory gives it this same class.
+REMOTE_CLASSES: dict[str, type] = {}  # model_type -> shipped causal-LM class
+globals().update({cls.__name__: cls for cls in SHIPPED_CONFIGS.values()})  # 0.1.0 auto_maps named them here
+for _model_type, (_config_class, _model_class, _) in FAMILIES.items():
+    _shipped = type("LayerDrop" + _model_class.__name__, (LayerDropCausalLMMixin, _model_class),
+                    {"config_class": SHIPPED_CONFIGS[_config_class], "_auto_class": "AutoModelForCausalLM",
+                     "__module__": __name__})
+    globals()[_shipped.__name__] = REMOTE_CLASSES[_model_type] = _shipped
+    _MIXED_CLASSES[(LayerDropCausalLMMixin, _model_class)] = _shipped
