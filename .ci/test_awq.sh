@@ -12,4 +12,4 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c .ci/constraints.txt \
     "gptqmodel==7.6.0" "optimum>=1.24"
-GPTQMODEL_CPU_WORKERS=2 "$VENV/bin/python" -m pytest -q -m awq tests/test_quantize.py tests/test_recovery.py
+GPTQMODEL_CPU_WORKERS=2 "$VENV/bin/python" -m pytest -q -m awq tests/quantize tests/recover

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from layerdrop_patch import DropConfig  # noqa: E402
-from layerdrop_patch.bench import compare_generate  # noqa: E402
+from layerdrop_patch.evaluation.bench import compare_generate  # noqa: E402
 from layerdrop_patch.patch import apply_drop  # noqa: E402
 
 SHAPES = {

@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from layerdrop_patch.bench import compare_generate  # noqa: E402
+from layerdrop_patch.evaluation.bench import compare_generate  # noqa: E402
 from layerdrop_patch.evaluation import evaluate  # noqa: E402
 from layerdrop_patch.evaluation.sdr import sdr  # noqa: E402
 from layerdrop_patch.evaluation.settings import TASK_SETS  # noqa: E402
@@ -42,7 +42,7 @@ def importance_scores(model, tok):
 
     if SCORES.exists():
         return ImportanceScores.load(SCORES)
-    from layerdrop_patch.calibration import load_calibration
+    from layerdrop_patch.scoring.calibration import load_calibration
 
     return compute_importance(model, load_calibration("c4", tok, n_samples=8, seq_len=256))
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from layerdrop_patch import DropConfig, apply_drop
-from layerdrop_patch.bench import compare_generate
+from layerdrop_patch.evaluation.bench import compare_generate
 from layerdrop_patch.models import load_model
 
 RESULTS = Path(__file__).parent / "results"

@@ -70,9 +70,10 @@ def main() -> None:
 
     import torch
 
-    from layerdrop_patch.calibration import load_calibration
+    from layerdrop_patch.scoring.calibration import load_calibration
     from layerdrop_patch.patch import apply_drop
-    from layerdrop_patch.quantize import QuantizationQualityError, quantize_awq, quick_perplexity
+    from layerdrop_patch.evaluation.perplexity import quick_perplexity
+    from layerdrop_patch.quantize import QuantizationQualityError, quantize_awq
 
     if args.tiny:
         from layerdrop_patch.evaluation.toy import byte_tokenizer, tiny_llama
@@ -94,7 +95,9 @@ def main() -> None:
     calib = load_calibration("c4", tokenizer, n_samples=args.n_samples, seq_len=args.seq_len)
     scores = compute_importance(base, load_calibration("c4", tokenizer, n_samples=8, seq_len=256, seed=1),
                                 progress=False)
-    drop_cfg = scores.select("attn", n=args.drop_attn)
+    from layerdrop_patch.selection import select
+
+    drop_cfg = select(scores, "attn", n=args.drop_attn)
     fp_ppl = {"intact": quick_perplexity(base, tokenizer, args.eval_tokens)}
     dropped = apply_drop(load(), drop_cfg)
     fp_ppl["dropped"] = quick_perplexity(dropped, tokenizer, args.eval_tokens)
@@ -129,7 +132,7 @@ def main() -> None:
     import gptqmodel
     import transformers
 
-    from layerdrop_patch.quantize import directory_bytes
+    from layerdrop_patch.files import directory_bytes
 
     report = {
         "model": name, "drop_config": drop_cfg.to_dict(), "fp32_checkpoint_bytes": directory_bytes(fp_dir),

@@ -42,10 +42,10 @@ def main() -> None:
 
     import torch
 
-    from layerdrop_patch.calibration import load_calibration
+    from layerdrop_patch.scoring.calibration import load_calibration
     from layerdrop_patch.patch import apply_drop
-    from layerdrop_patch.quantize import quick_perplexity
-    from layerdrop_patch.recovery import recover_lora
+    from layerdrop_patch.evaluation.perplexity import quick_perplexity
+    from layerdrop_patch.recover import recover_lora
     from layerdrop_patch.scoring import compute_importance
 
     if args.tiny:
@@ -63,7 +63,9 @@ def main() -> None:
 
     scores = compute_importance(model, load_calibration("c4", tokenizer, n_samples=8, seq_len=256, seed=1),
                                 progress=False)
-    drop_cfg = scores.select("block", n=args.blocks)
+    from layerdrop_patch.selection import select
+
+    drop_cfg = select(scores, "block", n=args.blocks)
     ppl_intact = quick_perplexity(model, tokenizer, args.eval_tokens)
     apply_drop(model, drop_cfg)
 

@@ -47,7 +47,7 @@ def _rss_mib() -> float:
 def child(mode: str, ckpt: str, tokens: str, batch_size: int) -> None:
     """Run one scoring mode in a fresh process and print its peak memory as JSON."""
     from layerdrop_patch.scoring import compute_importance
-    from layerdrop_patch.scoring_offload import empty_model
+    from layerdrop_patch.models import empty_model
 
     ids = torch.load(tokens)
     after_imports = _rss_mib()
@@ -83,9 +83,10 @@ def main() -> None:
     if args.child:
         return child(args.child, args.ckpt, args.tokens, args.batch_size)
 
-    from layerdrop_patch.calibration import load_calibration
+    from layerdrop_patch.scoring.calibration import load_calibration
     from layerdrop_patch.models import ensure_embedded, load_embedded_model
-    from layerdrop_patch.plots import plot_drop_order, plot_importance
+    from layerdrop_patch.scoring.plots import plot_importance
+    from layerdrop_patch.selection.plots import plot_drop_order
     from layerdrop_patch.scoring import compute_importance
 
     model, tokenizer = load_embedded_model()

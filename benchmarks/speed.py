@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from layerdrop_patch.bench import compare_generate  # noqa: E402
+from layerdrop_patch.evaluation.bench import compare_generate  # noqa: E402
 from layerdrop_patch.patch import apply_drop  # noqa: E402
 
 DEFAULT_SCORES = ROOT / "results" / "scoring_smollm2-135m_scores.json"

@@ -4,10 +4,15 @@ The public API, all importable from here:
 
     DropConfig, apply_drop                       what to drop; drop it from a loaded model
     from_pretrained, save_pretrained             portable pruned checkpoints (load-time drops too)
+    load_model                                   the one loader: embedded names, hub ids, any checkpoint
     load_calibration, compute_importance         calibration tokens; per-layer importance scores
-    ImportanceScores, select, iterative_select   choosing what to drop (also `scores.select(...)`)
+    ImportanceScores, select, choose_drop        choosing what to drop (one-shot, iterative, baselines, ...)
     evaluate, perplexity                         lm-eval with the paper's settings; WikiText-2/C4 perplexity
     export, push_to_hub                          vLLM / llama.cpp / standard exports; Hub publishing
+    LayerdropError                               the one error family for bad input
+
+Layout: the core (config, patch, checkpoint, models, modeling/) at the top; one package per stage (scoring,
+selection, recover, quantize, evaluation, export, publish, run), each with one typed config; cli/ on top.
 
 Heavy modules (lm-eval, huggingface_hub, gguf) are imported on first use, so `import layerdrop_patch` stays fast.
 """
@@ -16,27 +21,37 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from layerdrop_patch.version import __version__  # noqa: E402
 
+from layerdrop_patch.errors import LayerdropError  # noqa: E402
 from layerdrop_patch.config import DropConfig  # noqa: E402
 from layerdrop_patch.patch import apply_drop  # noqa: E402
 from layerdrop_patch.checkpoint import from_pretrained, save_pretrained  # noqa: E402
 
 _LAZY = {
-    "load_calibration": "layerdrop_patch.calibration",
-    "Calibration": "layerdrop_patch.calibration",
+    "load_model": "layerdrop_patch.models",
+    "load_calibration": "layerdrop_patch.scoring",
+    "Calibration": "layerdrop_patch.scoring",
+    "CalibrationConfig": "layerdrop_patch.scoring",
     "compute_importance": "layerdrop_patch.scoring",
     "ImportanceScores": "layerdrop_patch.scoring",
     "select": "layerdrop_patch.selection",
+    "choose_drop": "layerdrop_patch.selection",
     "iterative_select": "layerdrop_patch.selection",
+    "SelectionConfig": "layerdrop_patch.selection",
     "evaluate": "layerdrop_patch.evaluation",
     "EvalResult": "layerdrop_patch.evaluation",
-    "perplexity": "layerdrop_patch.evaluation.perplexity",
+    "perplexity": "layerdrop_patch.evaluation",
     "export": "layerdrop_patch.export",
-    "push_to_hub": "layerdrop_patch.hub",
+    "push_to_hub": "layerdrop_patch.publish",
+    "recover_lora": "layerdrop_patch.recover",
+    "RecoveryConfig": "layerdrop_patch.recover",
+    "quantize_awq": "layerdrop_patch.quantize",
+    "QuantizeConfig": "layerdrop_patch.quantize",
+    "run_recipe": "layerdrop_patch.run",
 }
 
-__all__ = ["DropConfig", "apply_drop", "from_pretrained", "save_pretrained", "__version__", *_LAZY]
+__all__ = ["DropConfig", "apply_drop", "from_pretrained", "save_pretrained", "LayerdropError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -14,19 +14,27 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from layerdrop_patch.errors import ConfigError, shorten
+from layerdrop_patch.version import __version__
 from layerdrop_patch.modeling.configuration_layerdrop import DROP_CONFIG_FORMAT_VERSION as FORMAT_VERSION
-from layerdrop_patch.modeling.configuration_layerdrop import check_drop_config
+from layerdrop_patch.modeling.configuration_layerdrop import check_drop_config as _check_drop_config
+
+
+def check_drop_config(data: Any, num_layers: int | None = None) -> tuple[list[int], list[int]]:
+    """The shipped rules for a drop_config dict (`configuration_layerdrop.check_drop_config`), raising ConfigError."""
+    try:
+        return _check_drop_config(data, num_layers)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _library_version() -> str:
-    from layerdrop_patch import __version__
-
     return __version__
 
 
 def _as_index_list(name: str, values: Iterable[Any]) -> list[int]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise TypeError(f"DropConfig.{name} must be a list of layer indices, got {values!r}")
+        raise ConfigError(f"DropConfig.{name} must be a list of layer indices, got {shorten(values)}")
     out = []
     for v in values:
         # bool is an int subclass; True/False as an index is always a bug.
@@ -39,8 +47,8 @@ def _as_index_list(name: str, values: Iterable[Any]) -> list[int]:
                     continue
             except ImportError:  # pragma: no cover
                 pass
-            raise TypeError(
-                f"DropConfig.{name}: layer index {v!r} is not an integer; use 0-based decoder layer indices."
+            raise ConfigError(
+                f"DropConfig.{name}: layer index {shorten(v, 40)} is not an integer; use 0-based decoder layer indices."
             )
         out.append(v)
     return out
@@ -89,7 +97,7 @@ class DropConfig:
         if isinstance(data, DropConfig):
             return data
         if not isinstance(data, dict):
-            raise TypeError(f"drop_config must be a dict, got {type(data).__name__}")
+            raise ConfigError(f"drop_config must be a dict like {{'attn': [3, 7]}}, got {type(data).__name__}")
         check_drop_config(data)
         return cls(**{k: v for k, v in data.items() if k != "format_version"})
 
@@ -140,7 +148,7 @@ class DropConfig:
     def validate(self, num_layers: int) -> "DropConfig":
         """Check every index against a model with `num_layers` decoder layers; returns self."""
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers <= 0:
-            raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+            raise ConfigError(f"num_layers must be a positive integer, got {shorten(num_layers)}")
         check_drop_config(self.to_dict(), num_layers)
         return self
 

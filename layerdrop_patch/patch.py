@@ -1,8 +1,8 @@
-"""`apply_drop`: remove sublayers from a loaded transformers model, in place.
+"""`apply_drop`: remove sublayers from a loaded transformers model, in place; and what that saves.
 
 The structural work (deleting modules, the skip forward, compact KV-cache indices) is done by the shipped
-modeling code (`modeling/modeling_layerdrop.py`), so a model patched here and the same model reloaded from
-a saved checkpoint run exactly the same code. This module adds what only the library needs: validation with
+modeling code (`modeling/modeling_layerdrop.py`), so a model patched here and the same model reloaded from a
+saved checkpoint run exactly the same code. This module adds what only the library needs: validation with
 helpful errors, provenance, and measurements (parameter and KV-cache bytes).
 """
 
@@ -12,22 +12,12 @@ from typing import Any
 
 import torch
 
-from layerdrop_patch.architectures import get_architecture
+from layerdrop_patch.architectures import decoder_layers, get_architecture
 from layerdrop_patch.config import DropConfig
+from layerdrop_patch.errors import ConfigError, UnsupportedModelError
 from layerdrop_patch.modeling import modeling_layerdrop as _m
 
 __all__ = ["apply_drop", "kv_cache_bytes", "parameter_bytes", "kept_attention_layers", "returned_cache"]
-
-
-def _decoder_layers(model) -> torch.nn.ModuleList:
-    base = getattr(model, "model", None)
-    layers = getattr(base, "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise TypeError(
-            f"apply_drop expects a *ForCausalLM model with decoder layers at `model.model.layers`; got "
-            f"{type(model).__name__}. Load the model with AutoModelForCausalLM."
-        )
-    return layers
 
 
 def apply_drop(model: Any, drop_config: DropConfig | dict) -> Any:
@@ -39,27 +29,29 @@ def apply_drop(model: Any, drop_config: DropConfig | dict) -> Any:
     `config.json`). Applying to an already-dropped model is cumulative: the new config must include what
     was dropped before, since removed weights cannot be restored.
     """
-    cfg = DropConfig.from_dict(drop_config) if isinstance(drop_config, dict) else drop_config
-    if not isinstance(cfg, DropConfig):
-        raise TypeError(f"drop_config must be a DropConfig or its dict, got {type(drop_config).__name__}")
+    if isinstance(drop_config, dict):
+        drop_config = DropConfig.from_dict(drop_config)
+    if not isinstance(drop_config, DropConfig):
+        raise ConfigError(f"drop_config must be a DropConfig or its dict, got {type(drop_config).__name__}")
     get_architecture(model)
-    layers = _decoder_layers(model)
+    layers = decoder_layers(model)
     num_layers = model.config.num_hidden_layers
     if len(layers) != num_layers:
-        raise ValueError(f"model has {len(layers)} decoder layers but config.num_hidden_layers={num_layers}")
-    cfg.validate(num_layers)
+        raise UnsupportedModelError(f"model has {len(layers)} decoder layers but config.num_hidden_layers="
+                                    f"{num_layers}; it was modified outside layerdrop-patch.")
+    drop_config.validate(num_layers)
 
     previous = DropConfig.from_model(model)
     if previous is not None:
-        restored_attn = sorted(set(previous.attn) - set(cfg.attn))
-        restored_mlp = sorted(set(previous.mlp) - set(cfg.mlp))
+        restored_attn = sorted(set(previous.attn) - set(drop_config.attn))
+        restored_mlp = sorted(set(previous.mlp) - set(drop_config.mlp))
         if restored_attn or restored_mlp:
-            raise ValueError(
+            raise ConfigError(
                 f"this model already had attention {restored_attn} / MLP {restored_mlp} removed and their weights "
                 "are gone; a new DropConfig must include every earlier drop. Reload the base model to start over."
             )
 
-    model.config.drop_config = cfg.to_dict()
+    model.config.drop_config = drop_config.to_dict()
     _m.prune_model(model)
     return model
 

@@ -15,7 +15,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from layerdrop_patch import DropConfig, portability
+from layerdrop_patch import DropConfig
+from layerdrop_patch import checkpoint as portability
 from layerdrop_patch.checkpoint import from_pretrained, save_pretrained
 from layerdrop_patch.modeling import SHIPPED_FILES
 from layerdrop_patch.patch import apply_drop, parameter_bytes
@@ -174,7 +175,7 @@ _SLOW_SAVE = textwrap.dedent(
     import sys, time, torch
     sys.path.insert(0, {repo!r})
     from safetensors import torch as st
-    from layerdrop_patch import DropConfig, portability
+    from layerdrop_patch import DropConfig
     from layerdrop_patch.checkpoint import save_pretrained
     from layerdrop_patch.patch import apply_drop
     from tests.conftest import tiny_model
@@ -209,6 +210,9 @@ def test_interrupted_save_leaves_nothing_that_loads(tmp_path):
     assert not target.exists()
     with pytest.raises(OSError):
         from_pretrained(target)
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".ckpt.partial-")]  # the killed save's leftover
+    save_pretrained(apply_drop(tiny_model("llama", 4), DropConfig(attn=[1])), target)  # the next save cleans it up
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ckpt.")] and (target / "config.json").is_file()
 
 
 @pytest.mark.parametrize("path", SHIPPED_FILES, ids=lambda p: p.name)

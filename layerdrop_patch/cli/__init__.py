@@ -1,22 +1,25 @@
 """`layerdrop` command line: a thin Typer layer over the library (one command per job).
 
-Commands (each `--help` has examples):
+Commands (each `--help` has examples; options come from the stage configs, see `cli/options.py`):
     score, drop, eval, bench           decide what to drop, drop it, measure it      (cli/analyse.py)
     quantize, recover, export, push    AWQ, LoRA recovery, serving formats, the Hub  (cli/ship.py)
     recipe run|validate                whole runs from YAML, resumable                (cli/recipe.py)
-    demo                               the end-to-end story on the embedded model     (demo.py)
+    demo                               the end-to-end story on the embedded model     (run/demo.py)
+The library never imports this package.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
+from rich.markup import escape
 
-from layerdrop_patch.cli import analyse, ship
-from layerdrop_patch.cli.common import handle_errors, str_list
+from layerdrop_patch.cli import analyse, render, ship
+from layerdrop_patch.cli.common import console, handle_errors
+from layerdrop_patch.cli.options import with_configs
 from layerdrop_patch.cli.recipe import recipe_app
+from layerdrop_patch.run.demo import DemoConfig, Reporter
 
 app = typer.Typer(
     help="Drop redundant attention/MLP sublayers from pretrained LLMs (He et al. 2024).\n\n"
@@ -37,19 +40,28 @@ ship.register(app)
 app.add_typer(recipe_app, name="recipe")
 
 
+class _RichReporter(Reporter):
+    """The demo's progress as rules and tables."""
+
+    def stage(self, name: str) -> None:
+        console.rule(f"[bold]{escape(name)}")
+
+    def line(self, text: str) -> None:
+        console.print(escape(text), highlight=False)
+
+    def show(self, what: str, data) -> None:
+        tables = {"sweep": lambda d: render.sweep_table(d, "attention"), "drop": render.drop_table,
+                  "bench": render.bench_table, "result": render.before_after_table}
+        console.print(tables[what](data))
+
+
 @app.command()
 @handle_errors
+@with_configs(demo=DemoConfig)
 def demo(
-    model: str = typer.Option("smollm2-135m", help="Hub id, local dir or embedded model name."),
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Directory for the demo's artifacts."),
-    n_attn: Optional[int] = typer.Option(None, help="Attention layers to drop (default: the demo's measured choice)."),
-    tasks: str = typer.Option("arc_easy,piqa,lambada_openai", help="Tasks evaluated (first --limit documents each)."),
-    limit: int = typer.Option(100, help="Documents per task."),
-    calibration_samples: int = typer.Option(16, help="C4 calibration chunks for scoring."),
-    ppl_tokens: int = typer.Option(4096, help="Tokens scored for perplexity."),
-    ppl_dataset: str = typer.Option("wikitext2", help="Perplexity text: wikitext2 | c4 | a UTF-8 text file."),
-    new_tokens: int = typer.Option(32, help="Tokens generated per speed measurement."),
-    sweep: bool = typer.Option(True, help="Also plot perplexity against the number of attention layers dropped."),
+    overwrite: bool = typer.Option(False, help="Write into OUT even if it holds files no demo wrote."),
+    demo=None,
 ):
     """The end-to-end demo on the embedded SmolLM2-135M (minutes on a laptop CPU).
 
@@ -60,10 +72,9 @@ def demo(
 
       layerdrop demo -o demo_out
     """
-    from layerdrop_patch.demo import run_demo
+    from layerdrop_patch.run.demo import run_demo
 
-    run_demo(model, out, n_attn=n_attn, tasks=str_list(tasks), limit=limit, calibration_samples=calibration_samples,
-             ppl_tokens=ppl_tokens, ppl_dataset=ppl_dataset, new_tokens=new_tokens, sweep=sweep)
+    run_demo(demo, out, overwrite=overwrite, reporter=_RichReporter())
 
 
 def main() -> None:

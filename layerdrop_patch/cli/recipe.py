@@ -1,7 +1,7 @@
 """`layerdrop recipe run FILE` and `layerdrop recipe validate FILE`: whole runs described in YAML.
 
-The schema and the errors live in `recipe_schema.py`, execution and resume in `recipes.py`; this is only the
-command-line surface.
+The schema is the typed `Recipe` (`run/recipe.py`, composed of the stage configs), execution and resume live in
+`run/runner.py`; this is only the command-line surface.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
-
 from rich.markup import escape
+from rich.table import Table
 
 from layerdrop_patch.cli.common import console, handle_errors
 
@@ -26,16 +25,17 @@ recipe_app = typer.Typer(
 _SET_HELP = "Override a recipe key, e.g. --set evaluate.limit=10 --set drop.n=4 (repeatable; values are YAML)."
 
 
-def _warnings(recipe: dict) -> list[str]:
+def _warnings(recipe) -> list[str]:
     """Things that will fail later on this machine, said before hours are spent on earlier steps."""
     out = []
-    if "quantize" in recipe and recipe["quantize"]["backend"] == "gptqmodel" and importlib.util.find_spec("gptqmodel") is None:
+    if recipe.quantize is not None and recipe.quantize.backend == "gptqmodel" and \
+            importlib.util.find_spec("gptqmodel") is None:
         out.append("quantize: GPTQModel is not installed here, so the quantize step will stop the run (the steps "
                    "before it are kept; rerun after `pip install 'layerdrop-patch[awq]'` to resume).")
-    if "quantize" in recipe and recipe["quantize"]["backend"] == "autoawq":
+    if recipe.quantize is not None and recipe.quantize.backend == "autoawq":
         out.append("quantize.backend: autoawq is refused at run time (it produces unusable models on transformers "
                    "5.x); use gptqmodel, which writes the same AutoAWQ GEMM format.")
-    if "recover" in recipe and importlib.util.find_spec("peft") is None:
+    if recipe.recover is not None and importlib.util.find_spec("peft") is None:
         out.append("recover: peft is not installed (`pip install peft`).")
     return out
 
@@ -52,24 +52,25 @@ def validate(
 
       layerdrop recipe validate recipes/smollm2-attn-drop.yaml
     """
-    from layerdrop_patch.recipes import fingerprints, load_recipe, plan_steps
+    from layerdrop_patch.run.recipe import load_recipe
+    from layerdrop_patch.run.runner import plan_steps
 
     recipe, _ = load_recipe(file, set_ or [])
     steps = plan_steps(recipe)
-    table = Table(title=f"{file}: valid; {len(steps)} steps -> {recipe['output']}")
+    table = Table(title=escape(f"{file}: valid; {len(steps)} steps -> {recipe.output}"))
     table.add_column("step")
     table.add_column("settings")
     sections = {"score": "calibration", "evaluate_baseline": "evaluate", "drop": "drop", "recover": "recover",
                 "quantize": "quantize", "evaluate": "evaluate"}
     for step in steps:
-        section = sections.get(step)
-        settings = ", ".join(f"{k}={v}" for k, v in recipe[section].items() if v not in (None, [], "")) if section else ""
-        table.add_row(step, settings)
-    console.print(f"model: {recipe['model']} (dtype {recipe['dtype']})")
+        section = getattr(recipe, sections[step]) if step in sections else None
+        settings = ", ".join(f"{k}={v}" for k, v in section.to_dict().items() if v not in (None, [], "")) \
+            if section is not None else ""
+        table.add_row(step, escape(settings))
+    console.print(f"model: {escape(recipe.model)} (dtype {recipe.load.dtype})", highlight=False)
     console.print(table)
     for w in _warnings(recipe):
         console.print(f"[yellow]warning:[/] {escape(w)}")
-    fingerprints(recipe, steps)
 
 
 @recipe_app.command()
@@ -79,6 +80,7 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (overrides the recipe's `output`)."),
     resume: bool = typer.Option(True, "--resume/--restart", help="Skip steps already finished in OUT (default), or redo all."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=_SET_HELP),
+    overwrite: bool = typer.Option(False, help="Use OUT even if it holds files no recipe run wrote."),
 ):
     """Execute a recipe; every artifact goes to its output directory, and an interrupted run resumes.
 
@@ -88,11 +90,13 @@ def run(
 
       layerdrop recipe run recipes/smollm2-joint-drop.yaml --set evaluate.limit=20 -o runs/quick
     """
-    from layerdrop_patch.recipes import load_recipe, run_recipe
+    from layerdrop_patch.run.recipe import load_recipe
+    from layerdrop_patch.run.runner import run_recipe
 
     recipe, _ = load_recipe(file, set_ or [])
     for w in _warnings(recipe):
         console.print(f"[yellow]warning:[/] {escape(w)}")
-    summary = run_recipe(file, resume=resume, out=out, overrides=set_ or [],
+    summary = run_recipe(file, resume=resume, out=out, overrides=set_ or [], overwrite=overwrite,
                          log=lambda line: console.print(line, highlight=False, markup=False))
-    console.print(f"finished: artifacts in {summary['output']} (final checkpoint: {summary['final_checkpoint']}/)")
+    console.print(f"finished: artifacts in {summary['output']} (final checkpoint: {summary['final_checkpoint']}/)",
+                  highlight=False, markup=False)

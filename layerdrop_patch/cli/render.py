@@ -9,9 +9,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
-from layerdrop_patch.cli.common import human_bytes, ratio
+from layerdrop_patch.files import human_bytes
+
+
+def ratio(new: float | None, old: float | None, fmt: str = "{:.2f}x") -> str:
+    if not new or not old:
+        return "–"
+    return fmt.format(new / old)
 
 
 def _f(v: Any, digits: int = 4, scale: float = 1.0) -> str:
@@ -24,7 +31,7 @@ def scores_table(scores: Any, lowest: int | None = None) -> Table:
     """One row per layer; the `lowest` (default: a sixth of the layers) most redundant attention and MLP
     sublayers are highlighted."""
     lowest = lowest or max(1, scores.num_layers // 6)
-    table = Table(title=f"importance ({scores.metric}; lower = more redundant) of {scores.model_name or 'model'}")
+    table = Table(title=escape(f"importance ({scores.metric}; lower = more redundant) of {scores.model_name or 'model'}"))
     for col in ("layer", "attn", "mlp", "block"):
         table.add_column(col, justify="right")
     marks = {}

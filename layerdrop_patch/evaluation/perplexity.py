@@ -119,3 +119,8 @@ def perplexity(
             "seq_len": seq_len, "stride": stride, "windows": len(plan),
             "dataset": dataset if isinstance(dataset, str) and len(dataset) < 64 else "<text>"}
 
+
+def quick_perplexity(model, tokenizer, max_tokens: int = 8192, seq_len: int = 512) -> float:
+    """WikiText-2 perplexity on the first `max_tokens` tokens (non-overlapping windows): the quality gate."""
+    return float(perplexity(model, tokenizer, "wikitext2", seq_len=seq_len, stride=seq_len,
+                            max_tokens=max_tokens, progress=False))

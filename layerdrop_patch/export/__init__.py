@@ -1,11 +1,12 @@
 """Serving exports: write a dropped model in formats that vLLM and llama.cpp run natively.
 
-`export(model_or_dir, format=..., out=...)` is the one entry point (and what `layerdrop export` calls):
+`export(model_or_dir, format=..., out=...)` is the one entry point (and what `layerdrop export` calls); the
+formats are registered in `FORMATS` (`registry.py`):
 
 * ``"standard"``: a stock checkpoint of the base architecture with fewer, renumbered layers (no remote code;
   transformers, vLLM, llama.cpp's converter). Only when the kept sublayers form complete layers.
 * ``"decilm"``: NVIDIA's Nemotron-NAS format (`DeciLMForCausalLM`, per-layer no-op attention / FFN), served
-  natively by vLLM; reload it with `layerdrop_patch.export.decilm.load_decilm`.
+  natively by vLLM; `load_model` reads it back.
 * ``"gguf"``: one GGUF file for llama.cpp / Ollama (`deci` architecture for per-layer structure).
 
 Every format computes exactly what the dropped model computes; anything a target engine would run
@@ -18,59 +19,40 @@ import os
 from pathlib import Path
 from typing import Any
 
-from layerdrop_patch.export.common import ExportError
+from layerdrop_patch.checkpoint import from_pretrained
+from layerdrop_patch.embedded import load_tokenizer, resolve_model
+from layerdrop_patch.errors import ConfigError, ExportError
+from layerdrop_patch.export import decilm as _decilm  # noqa: F401  (each format module registers itself)
+from layerdrop_patch.export import gguf as _gguf  # noqa: F401
+from layerdrop_patch.export import standard as _standard  # noqa: F401
+from layerdrop_patch.export.registry import FORMATS, ExportFormat, register_format
 
-__all__ = ["export", "FORMATS", "ExportError"]
-
-FORMATS = ("standard", "decilm", "gguf")
-
-
-def _load(model_or_dir: Any, tokenizer: Any):
-    """A directory or hub id goes through layerdrop's own loader (pruned checkpoints and drop-at-load)."""
-    if not isinstance(model_or_dir, (str, os.PathLike)):
-        return model_or_dir, tokenizer
-    from layerdrop_patch.checkpoint import from_pretrained
-    from layerdrop_patch.models import resolve_model
-
-    model = from_pretrained(model_or_dir).eval()
-    if tokenizer is None:
-        try:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(resolve_model(str(model_or_dir)))
-        except (OSError, ValueError):  # a checkpoint saved without its tokenizer
-            tokenizer = None
-    return model, tokenizer
+__all__ = ["export", "FORMATS", "ExportFormat", "ExportError", "register_format"]
 
 
 def export(model_or_dir: Any, format: str = "standard", out: str | os.PathLike | None = None, tokenizer: Any = None,
            **options: Any) -> Path:
-    """Export a dropped model (a model object, or a directory saved by `layerdrop_patch.save_pretrained`).
+    """Export a dropped model (a model object, or anything `layerdrop_patch.models.load_model` loads).
 
     Args:
-        model_or_dir: a model dropped with `apply_drop`, or a path/hub id `layerdrop_patch.from_pretrained` loads.
-        format: "standard", "decilm" or "gguf".
-        out: output directory (standard, decilm) or file (gguf). Written atomically.
+        model_or_dir: a model dropped with `apply_drop`, or a pruned checkpoint directory / hub id / embedded name.
+        format: a name in `FORMATS` ("standard", "decilm", "gguf").
+        out: output directory (standard, decilm) or file (gguf). Written atomically; an existing output is
+            replaced only with `overwrite=True`.
         tokenizer: saved alongside (standard, decilm) or embedded (gguf); loaded from the directory if omitted.
-        **options: format-specific keywords: `overwrite`; decilm `zero_attention_layer0`; gguf `dtype`
-            ("f32"/"f16"), `attention_only_layers` ("zero-ffn"/"refuse"), `tokenizer_pre` (llama.cpp
-            pre-tokenizer name, e.g. "smollm", "llama-bpe").
+        **options: format-specific keywords: `overwrite`; decilm `zero_attention_layer0`; gguf `dtype`,
+            `attention_only_layers`, `tokenizer_pre`, `allow_no_tokenizer`.
     Returns:
         the path written.
     """
     if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if out is None:
-        raise ValueError("out is required: a directory for standard/decilm, a .gguf file for gguf")
-    model, tokenizer = _load(model_or_dir, tokenizer)
-    if format == "standard":
-        from layerdrop_patch.export.standard import export_standard
-
-        return export_standard(model, out, tokenizer, **options)
-    if format == "decilm":
-        from layerdrop_patch.export.decilm import export_decilm
-
-        return export_decilm(model, out, tokenizer, **options)
-    from layerdrop_patch.export.gguf import export_gguf
-
-    return export_gguf(model, out, tokenizer, **options)
+        raise ConfigError("out is required: a directory for standard/decilm, a .gguf file for gguf")
+    if isinstance(model_or_dir, (str, os.PathLike)):  # a pruned checkpoint (or a base model, nothing dropped)
+        path = resolve_model(model_or_dir)
+        model = from_pretrained(path).eval()
+        tokenizer = tokenizer or load_tokenizer(path, required=False)
+    else:
+        model = model_or_dir
+    return FORMATS[format].write(model, out, tokenizer, **options)

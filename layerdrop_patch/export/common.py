@@ -11,31 +11,20 @@ already understands. Two facts are needed by all of them, and are computed here 
   ordinary layer.
 * the weights of each kept sublayer under the stock transformers names (`sublayer_tensors`).
 
-Writes are atomic (`atomic_directory`, `atomic_file`): the result is built in a hidden temp path next to
-`out` and renamed into place, so an interrupted export never leaves a half-written model behind.
+Writes go through `layerdrop_patch.files` (built under a hidden temp name, renamed into place), so an
+interrupted export never leaves a half-written model behind.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from layerdrop_patch.architectures import base_model_type, get_architecture
-from layerdrop_patch.config import DropConfig
+from layerdrop_patch.architectures import drop_of, get_architecture
+from layerdrop_patch.errors import ExportError
 
-__all__ = ["ExportError", "EngineLayer", "kept_sublayers", "pack_layers", "sublayer_tensors", "global_tensors",
-           "drop_of", "atomic_directory", "atomic_file"]
-
-
-class ExportError(ValueError):
-    """The model cannot be written in the requested format without changing what it computes."""
+__all__ = ["ExportError", "EngineLayer", "kept_sublayers", "pack_layers", "sublayer_tensors", "global_tensors"]
 
 
 @dataclass(frozen=True)
@@ -49,11 +38,6 @@ class EngineLayer:
         parts = [f"attention {self.attn}" if self.attn is not None else "no attention",
                  f"MLP {self.mlp}" if self.mlp is not None else "no MLP"]
         return " + ".join(parts)
-
-
-def drop_of(model) -> DropConfig:
-    """The model's DropConfig (an empty one for an unpruned model)."""
-    return DropConfig.from_model(model) or DropConfig(method="none")
 
 
 def kept_sublayers(model) -> list[tuple[str, int]]:
@@ -124,64 +108,3 @@ def global_tensors(model) -> dict[str, torch.Tensor]:
             continue
         out[key] = tensor
     return out
-
-
-def check_supported(model, formats_for: str, allowed_types: tuple[str, ...]) -> str:
-    """The model's base model_type, refusing families the format cannot express."""
-    get_architecture(model)
-    model_type = base_model_type(model.config)
-    if model_type not in allowed_types:
-        raise ExportError(
-            f"{formats_for} export supports model types {list(allowed_types)}, not {model_type!r}."
-        )
-    return model_type
-
-
-def _prepare_target(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        if out.is_file() or any(out.iterdir()):
-            raise FileExistsError(f"{out} exists; pass overwrite=True to replace it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-
-def _swap_into_place(staging: Path, out: Path) -> None:
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out)
-
-
-@contextlib.contextmanager
-def atomic_directory(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temp directory next to `out`; on success it replaces `out`, on error it is removed."""
-    out = Path(out)
-    _prepare_target(out, overwrite)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        yield staging
-        _swap_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_file(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temp file path next to `out`; on success it is renamed to `out`, on error deleted."""
-    out = Path(out)
-    if out.is_dir():
-        raise IsADirectoryError(f"{out} is a directory; give a file name such as model.gguf")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True to replace it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -42,14 +42,10 @@ from typing import Any
 import torch
 
 from layerdrop_patch.config import DropConfig
-from layerdrop_patch.export.common import (
-    ExportError,
-    atomic_directory,
-    check_supported,
-    drop_of,
-    global_tensors,
-    sublayer_tensors,
-)
+from layerdrop_patch.architectures import drop_of
+from layerdrop_patch.export.common import ExportError, global_tensors, sublayer_tensors
+from layerdrop_patch.export.registry import check_supported, register_format
+from layerdrop_patch.files import staged_directory
 
 __all__ = ["export_decilm", "load_decilm", "check_decilm_dir", "ffn_mult_for", "intermediate_size_for",
            "CONFIG_FILE", "FFN_WIDTH_MULTIPLE"]
@@ -132,12 +128,14 @@ def _export_config(model, blocks: list[dict], drop: DropConfig, zero_layers: lis
     return data
 
 
+@register_format("decilm", target="directory", families=("llama", "mistral"), engines="vLLM",
+                 description="NVIDIA's Nemotron-NAS (DeciLMForCausalLM): per-layer no-op attention / FFN")
 def export_decilm(model, out: str | os.PathLike, tokenizer=None, *, overwrite: bool = False,
                   zero_attention_layer0: bool = True, max_shard_size: str | int = "5GB") -> Path:
     """Write a dropped Llama-family model as a Nemotron-NAS checkpoint; returns `out`."""
     from huggingface_hub import save_torch_state_dict
 
-    model_type = check_supported(model, "decilm (Nemotron-NAS)", ("llama", "mistral"))
+    model_type = check_supported(model, "decilm")
     if model_type == "mistral" and getattr(model.config, "sliding_window", None) is not None:
         raise ExportError("Nemotron-NAS layers use full attention; this Mistral model has a sliding window.")
     drop = drop_of(model)
@@ -160,7 +158,7 @@ def export_decilm(model, out: str | os.PathLike, tokenizer=None, *, overwrite: b
             state.update({f"model.layers.{i}.{k}": v for k, v in sublayer_tensors(model, "mlp", i).items()})
     state = {k: v.contiguous() for k, v in state.items()}
 
-    with atomic_directory(out, overwrite=overwrite) as staging:
+    with staged_directory(out, overwrite=overwrite) as staging:
         save_torch_state_dict(state, staging, max_shard_size=max_shard_size)
         config = _export_config(model, blocks, drop, zero_layers)
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -32,15 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layerdrop_patch.export.common import (
-    ExportError,
-    atomic_file,
-    check_supported,
-    drop_of,
-    global_tensors,
-    pack_layers,
-    sublayer_tensors,
-)
+from layerdrop_patch.architectures import drop_of
+from layerdrop_patch.export.common import ExportError, global_tensors, pack_layers, sublayer_tensors
+from layerdrop_patch.export.registry import check_supported, register_format
+from layerdrop_patch.files import staged_file
 
 __all__ = ["export_gguf", "gguf_layer_plan", "GGUFLayer", "ZERO_FFN_WIDTH", "permute_for_rope"]
 
@@ -161,13 +156,23 @@ def _np(tensor: torch.Tensor, dtype) -> np.ndarray:
     return tensor.detach().to(torch.float32).cpu().numpy().astype(dtype if tensor.dim() > 1 else np.float32)
 
 
+@register_format("gguf", target="file", families=("llama", "mistral"), engines="llama.cpp, Ollama",
+                 description="one GGUF file (llama, or deci for per-layer structure)")
 def export_gguf(model, out: str | os.PathLike, tokenizer=None, *, dtype: str = "f32",
                 attention_only_layers: str = "zero-ffn", tokenizer_pre: str | None = None,
-                overwrite: bool = False) -> Path:
-    """Write `model` as one GGUF file; returns `out`. See the module docstring for the layout."""
+                overwrite: bool = False, allow_no_tokenizer: bool = False) -> Path:
+    """Write `model` as one GGUF file; returns `out`. See the module docstring for the layout.
+
+    A GGUF without a vocabulary makes llama.cpp abort at its first prompt, so a missing `tokenizer` is refused
+    unless `allow_no_tokenizer=True` (for tools that only read the weights)."""
     import gguf
 
-    check_supported(model, "gguf", ("llama", "mistral"))
+    if tokenizer is None and not allow_no_tokenizer:
+        raise ExportError("no tokenizer to embed: llama.cpp aborts on a GGUF without one (\"Tokenizer not "
+                          "initialized\"). Pass tokenizer=..., export from a checkpoint saved with its tokenizer, or "
+                          "pass allow_no_tokenizer=True (--allow-no-tokenizer) for a weights-only file.")
+
+    check_supported(model, "gguf")
     config = model.config
     if getattr(config, "sliding_window", None) is not None:
         raise ExportError("the GGUF export writes full-attention layers; this model has a sliding window.")
@@ -187,7 +192,7 @@ def export_gguf(model, out: str | os.PathLike, tokenizer=None, *, dtype: str = "
             raise ExportError(f"no GGUF name for tensor {hf_name}")
         return mapped
 
-    with atomic_file(out, overwrite=overwrite) as tmp:
+    with staged_file(out, overwrite=overwrite) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
         writer.add_name(str(getattr(config, "_name_or_path", "") or "layerdrop-export"))
         writer.add_block_count(len(plan))

@@ -24,14 +24,11 @@ from pathlib import Path
 
 import torch
 
-from layerdrop_patch.export.common import (
-    ExportError,
-    atomic_directory,
-    check_supported,
-    drop_of,
-    pack_layers,
-)
-from layerdrop_patch.architectures import base_model_type, get_architecture, supported_model_types
+from layerdrop_patch.architectures import drop_of
+from layerdrop_patch.export.common import ExportError, pack_layers
+from layerdrop_patch.export.registry import alternatives, check_supported, register_format
+from layerdrop_patch.files import staged_directory
+from layerdrop_patch.architectures import base_model_type, get_architecture
 
 __all__ = ["export_standard", "standard_layer_map"]
 
@@ -50,8 +47,8 @@ def standard_layer_map(model) -> list[tuple[int, int]]:
         raise ExportError(
             f"the drop ({drop.describe()}) leaves layers with only an attention or only an MLP ({described}"
             f"{' ...' if len(incomplete) > 6 else ''}), which a standard {base_model_type(model.config)} "
-            "checkpoint cannot express: every layer of it has both. Export with format='decilm' (Nemotron-NAS "
-            "format, served natively by vLLM) or format='gguf' (llama.cpp), which store per-layer structure."
+            f"checkpoint cannot express: every layer of it has both. Export with {alternatives(model, 'standard')}, "
+            "which store per-layer structure, or drop whole blocks."
         )
     if not layers:
         raise ExportError("every sublayer is dropped; there is nothing to export.")
@@ -86,12 +83,14 @@ def _renamed_state_dict(model, layer_map: list[tuple[int, int]]) -> dict[str, to
     return out
 
 
+@register_format("standard", target="directory", families=None, engines="transformers, vLLM",
+                 description="a stock checkpoint of the base architecture with fewer, renumbered layers")
 def export_standard(model, out: str | os.PathLike, tokenizer=None, *, overwrite: bool = False,
                     max_shard_size: str | int = "5GB") -> Path:
     """Write `model` (dropped in place by `apply_drop`) as a stock checkpoint with fewer layers; returns `out`."""
     from transformers import AutoModelForCausalLM
 
-    check_supported(model, "standard", tuple(supported_model_types()))
+    check_supported(model, "standard")
     layer_map = standard_layer_map(model)
     config = _standard_config(model, layer_map)
     state = _renamed_state_dict(model, layer_map)
@@ -110,7 +109,7 @@ def export_standard(model, out: str | os.PathLike, tokenizer=None, *, overwrite:
         stock.generation_config = copy.deepcopy(model.generation_config)
 
     drop = drop_of(model)
-    with atomic_directory(out, overwrite=overwrite) as staging:
+    with staged_directory(out, overwrite=overwrite) as staging:
         stock.save_pretrained(staging, max_shard_size=max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)

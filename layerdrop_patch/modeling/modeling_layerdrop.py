@@ -190,6 +190,7 @@ class LayerDropCausalLMMixin:
         sublayers are expected in it and skipped without ever being materialised.
         """
         want_info = kwargs.pop("output_loading_info", False)
+        kwargs.setdefault("ignore_mismatched_sizes", True)  # reported below, by name, instead of a generic error
         token = _SKIP_DROPPED_WEIGHTS.set(layerdrop_allow_dropped_weights)
         try:
             model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)

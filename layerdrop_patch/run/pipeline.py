@@ -1,0 +1,97 @@
+"""The pipeline steps that the `layerdrop` CLI, the recipes and the demo share.
+
+Why a module of its own: a CLI command, a recipe step and the demo do the same few jobs (score and plot, choose a
+drop and record it, drop and save, sweep a drop count). Each job lives here once, as a function that takes a
+loaded model and the stage configs, writes its artifacts atomically and returns a JSON-able summary. The CLI only
+parses options and prints; recipes only decide which step runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from layerdrop_patch.checkpoint import save_pretrained
+from layerdrop_patch.config import DropConfig
+from layerdrop_patch.evaluation.suite import EvaluationConfig, evaluate_model
+from layerdrop_patch.files import atomic_write_json, checkpoint_bytes
+from layerdrop_patch.patch import apply_drop, kept_attention_layers, parameter_bytes
+from layerdrop_patch.scoring import ImportanceScores, compute_importance, plot_importance
+from layerdrop_patch.selection import Selection, SelectionConfig, choose_drop
+from layerdrop_patch.selection.plots import plot_drop_order
+
+__all__ = ["score_model", "choose_and_record", "drop_and_save", "drop_sweep"]
+
+
+def score_model(model: Any, calibration: Any, out_dir: str | os.PathLike | None = None, *, metric: str = "cosine",
+                batch_size: int = 1, offload: bool = False, progress: bool = True, plot_kind: str = "joint",
+                model_name: str | None = None) -> ImportanceScores:
+    """Importance scores of every sublayer; with `out_dir`, also `scores.json`, `importance.png` and
+    `drop_order.png` (the order in which `plot_kind` units would be dropped). `model_name` replaces the
+    model's own `_name_or_path` (for an embedded model, a cache path) in the JSON and the plot titles."""
+    scores = compute_importance(model, calibration, batch_size=batch_size, metric=metric, offload=offload,
+                                progress=progress)
+    if model_name:
+        scores.model_name = model_name
+    if out_dir is not None:
+        out = Path(out_dir)
+        scores.save(out / "scores.json")
+        plot_importance(scores, out / "importance.png")
+        plot_drop_order(scores, out / "drop_order.png", kind=plot_kind)
+    return scores
+
+
+def choose_and_record(config: SelectionConfig, *, scores: ImportanceScores | None = None, model: Any = None,
+                      calibration: Any = None, progress: bool = True,
+                      out_dir: str | os.PathLike | None = None) -> Selection:
+    """`choose_drop`; with `out_dir` also `drop_config.json` and, for step-by-step methods, the order in which
+    units were really dropped (`drop_order_<method>.png`)."""
+    if scores is not None and scores.metric != config.metric:
+        scores = scores.with_metric(config.metric)
+    selection = choose_drop(config, scores=scores, model=model, calibration=calibration, progress=progress)
+    if out_dir is not None:
+        out = Path(out_dir)
+        atomic_write_json(out / "drop_config.json", selection.drop_config.to_dict())
+        if selection.history:
+            num_layers = scores.num_layers if scores is not None else model.config.num_hidden_layers
+            plot_drop_order(selection.history, out / f"drop_order_{config.method}.png", kind=config.kind,
+                            num_layers=num_layers)
+    return selection
+
+
+def drop_and_save(model: Any, tokenizer: Any, drop_config: DropConfig, out_dir: str | os.PathLike, *,
+                  base_model: str | None = None, scores_plot: str | os.PathLike | None = None,
+                  overwrite: bool = False) -> dict[str, Any]:
+    """Apply `drop_config` to `model` in place and save it as a portable checkpoint (atomic); returns the
+    parameter bytes before/after, the checkpoint's weight bytes and the kept attention layers."""
+    if base_model and (drop_config.base_model is None or str(drop_config.base_model).startswith("/")):
+        drop_config.base_model = base_model
+    before = parameter_bytes(model)
+    apply_drop(model, drop_config)
+    save_pretrained(model, out_dir, tokenizer=tokenizer, overwrite=overwrite, scores_plot=scores_plot)
+    return {"drop_config": drop_config.to_dict(), "dropped": drop_config.describe(),
+            "num_dropped": drop_config.num_dropped, "parameter_bytes_before": before,
+            "parameter_bytes_after": parameter_bytes(model), "checkpoint_bytes": checkpoint_bytes(out_dir),
+            "kept_attention_layers": len(kept_attention_layers(model)), "num_layers": model.config.num_hidden_layers}
+
+
+def drop_sweep(model: Any, tokenizer: Any, scores: ImportanceScores, kind: str, counts: Iterable[int], *,
+               method: str = "importance", evaluation: EvaluationConfig | None = None,
+               progress: bool = True) -> list[dict[str, Any]]:
+    """Evaluate the model after dropping each count of `kind` units (one-shot order of `scores`, or a baseline
+    `method`). The model is deep-copied per count, so `model` is untouched.
+    Returns [{"n", "dropped", "average", "perplexity", "tasks"}]."""
+    from tqdm.auto import tqdm
+
+    rows = []
+    for n in tqdm(list(counts), desc=f"evaluate vs {kind} dropped", disable=not progress):
+        config = SelectionConfig(kind=kind, n=n, method=method, metric=scores.metric)
+        cfg = choose_drop(config, scores=scores, model=model).drop_config
+        work = apply_drop(copy.deepcopy(model), cfg) if n else model
+        res = evaluate_model(work, tokenizer, evaluation, progress=False)
+        rows.append({"n": n, "dropped": cfg.describe(), "average": res["average"],
+                     "perplexity": (res["perplexity"] or {}).get("value"), "tasks": res["tasks"]})
+        del work
+    return rows

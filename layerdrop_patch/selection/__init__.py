@@ -1,0 +1,46 @@
+"""Selection: which sublayers to drop, by the paper's ranking, its baselines, or methods beyond it.
+
+    SelectionConfig      kind (attn / mlp / block / joint), n or ratio, method, metric, protected layers
+    choose_drop          any registered method -> Selection (DropConfig + history)
+    select, drop_order   one-shot rankings from ImportanceScores (or a layer count for the baselines)
+    iterative_select     drop one unit, re-score the pruned model, repeat
+    METHODS              the registry (`register_method` adds one)
+"""
+
+from typing import Any
+
+from layerdrop_patch.errors import ConfigError
+from layerdrop_patch.selection import iterative as _iterative  # noqa: F401  (registers "iterative")
+from layerdrop_patch.selection.config import SelectionConfig
+from layerdrop_patch.selection.iterative import iterative_select
+from layerdrop_patch.selection.ranking import drop_order, select
+from layerdrop_patch.selection.registry import METHODS, SELECT_KINDS, Selection, SelectionInputs, register_method
+
+__all__ = ["SelectionConfig", "choose_drop", "select", "drop_order", "iterative_select", "METHODS", "SELECT_KINDS",
+           "Selection", "SelectionInputs", "register_method"]
+
+
+def choose_drop(config: SelectionConfig, *, scores: Any = None, model: Any = None, calibration: Any = None,
+                progress: bool = True) -> Selection:
+    """Run the method `config.method` with what it needs (see `METHODS[...].needs`); names what is missing."""
+    method = METHODS[config.method]
+    given = {"scores": scores, "model": model, "calibration": calibration}
+    missing = [need for need in method.needs if given[need] is None]
+    if missing:
+        raise ConfigError(f"method {config.method!r} needs {' and '.join(missing)}: "
+                          + ("run `layerdrop score` first and pass --scores, or give calibration options so they are "
+                             "computed." if missing == ["scores"] else "pass the model and calibration data."))
+    if scores is not None:
+        num_layers, dropped = scores.num_layers, scores.dropped
+    elif model is not None:
+        from layerdrop_patch.architectures import drop_of
+
+        num_layers, drop = model.config.num_hidden_layers, drop_of(model)
+        dropped = {"attn": list(drop.attn), "mlp": list(drop.mlp)}
+    else:
+        raise ConfigError("choose_drop needs importance scores or the model (to know its layers).")
+    inputs = SelectionInputs(num_layers, scores, model, calibration, dropped, progress)
+    selection = method.choose(config, inputs)
+    if model is not None and selection.drop_config.base_model is None:
+        selection.drop_config.base_model = getattr(model.config, "_name_or_path", None)
+    return selection
