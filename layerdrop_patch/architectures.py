@@ -13,14 +13,14 @@ from typing import Any
 import torch
 
 from layerdrop_patch.config import DropConfig
-from layerdrop_patch.errors import UnsupportedModelError
+from layerdrop_patch.errors import ConfigError, UnsupportedModelError
 from layerdrop_patch.modeling import configuration_layerdrop as _c
 from layerdrop_patch.modeling import modeling_layerdrop as _m
 from layerdrop_patch.modeling.configuration_layerdrop import Architecture, Sublayer
 
 __all__ = ["Architecture", "Sublayer", "UnsupportedArchitectureError", "get_architecture", "supported_model_types",
            "remote_class_for", "remote_class_names", "base_model_type", "decoder_layers", "drop_of",
-           "projection_names"]
+           "projection_names", "check_sequence_length"]
 
 base_model_type = _c.base_model_type
 UnsupportedArchitectureError = UnsupportedModelError  # the name 0.1.0 exported
@@ -87,3 +87,12 @@ def projection_names(model_or_config: Any) -> tuple[str, ...]:
     `qkv_proj` and `gate_up_proj`."""
     arch = get_architecture(model_or_config)
     return arch.attn.projections + arch.mlp.projections
+
+
+def check_sequence_length(model_or_config: Any, seq_len: int, option: str) -> None:
+    """Refuse sequences longer than the model's trained context: positions past it are out of its range, so
+    scores, losses or perplexities computed on them would look valid and mean nothing."""
+    limit = getattr(_config_of(model_or_config), "max_position_embeddings", None)
+    if isinstance(limit, int) and seq_len > limit:
+        raise ConfigError(f"{option}={seq_len} is longer than this model's context of {limit} tokens "
+                          f"(max_position_embeddings); use {option} <= {limit}.")

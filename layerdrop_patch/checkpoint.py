@@ -26,11 +26,12 @@ from typing import Any
 
 from layerdrop_patch.architectures import get_architecture, remote_class_for
 from layerdrop_patch.config import DropConfig
-from layerdrop_patch.errors import CheckpointError, ConfigError, LayerdropError
+from layerdrop_patch.errors import CheckpointError, ConfigError, LayerdropError, OutputExistsError
 from layerdrop_patch.embedded import read_config, resolve_model
 from layerdrop_patch.files import staged_directory
 
-__all__ = ["save_pretrained", "from_pretrained", "shipped_config_and_class", "run_without_package"]
+__all__ = ["save_pretrained", "from_pretrained", "shipped_config_and_class", "refuse_source_as_target",
+           "run_without_package"]
 
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder")
 
@@ -53,6 +54,7 @@ def save_pretrained(model, save_directory: str | os.PathLike, tokenizer=None, *,
         raise ConfigError("this model has no drop_config: apply_drop(model, DropConfig(...)) first, or save an "
                           "unpruned model with model.save_pretrained().")
     get_architecture(model)
+    refuse_source_as_target(model, save_directory)
     with staged_directory(save_directory, overwrite=overwrite) as staging:
         if _is_gguf_dequantised(model):  # the GGUF loader's quantizer cannot be serialised; weights are dense
             model.hf_quantizer = None
@@ -65,6 +67,14 @@ def save_pretrained(model, save_directory: str | os.PathLike, tokenizer=None, *,
 
         write_model_card(staging, eval_results=eval_results, scores_plot=scores_plot)
     return Path(save_directory)
+
+
+def refuse_source_as_target(model: Any, target: str | os.PathLike) -> None:
+    """Writing over the directory a model was loaded from would destroy the input (even with overwrite)."""
+    source = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    if source and Path(source).is_dir() and Path(source).resolve() == Path(target).resolve():
+        raise OutputExistsError(f"{target} is the directory this model was loaded from; writing there would replace "
+                                "the input. Choose another output directory.")
 
 
 def shipped_config_and_class(config_dict: dict):

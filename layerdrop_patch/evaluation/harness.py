@@ -25,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping
 
+from layerdrop_patch.errors import ConfigError
 from layerdrop_patch.evaluation.results import EvalResult, TaskScore
 from layerdrop_patch.evaluation.settings import TaskSpec, hub_reachable, offline_requested, resolve_tasks
 
@@ -75,7 +76,7 @@ def subsample_indices(doc_counts: Mapping[str, int], n: int, seed: int) -> dict[
     change the documents drawn for the others.
     """
     if n <= 0:
-        raise ValueError(f"subsample must be a positive number of documents, got {n}")
+        raise ConfigError(f"subsample must be a positive number of documents, got {n}")
     out = {}
     for task, count in doc_counts.items():
         rng = random.Random(seed * 1_000_003 + zlib.crc32(task.encode()))
@@ -95,7 +96,7 @@ def _fewshot_for(spec: TaskSpec, num_fewshot: int | Mapping[str, int] | None) ->
     if isinstance(num_fewshot, Mapping):
         return int(num_fewshot.get(spec.name, spec.num_fewshot))
     if int(num_fewshot) < 0:
-        raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
+        raise ConfigError(f"num_fewshot must be >= 0, got {num_fewshot}")
     return int(num_fewshot)
 
 
@@ -148,7 +149,7 @@ def evaluate(
         bootstrap_iters: bootstrap iterations for non-mean metrics' stderr (LAMBADA perplexity).
     """
     if limit is not None and subsample is not None:
-        raise ValueError("Pass either limit (first N documents) or subsample (N random documents), not both.")
+        raise ConfigError("Pass either limit (first N documents) or subsample (N random documents), not both.")
     specs = resolve_tasks(tasks)
     offline = _resolve_offline(offline)
 

@@ -29,6 +29,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from layerdrop_patch.errors import ConfigError, DataError
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
@@ -90,7 +92,7 @@ def hellaswag_rows(text: str) -> list[dict[str, Any]]:
     if lines and lines[-1] == "":
         lines = lines[:-1]
     if len(lines) % 6:
-        raise ValueError(f"HellaSwag export has {len(lines)} lines, not a multiple of 6; the file is corrupt.")
+        raise DataError(f"HellaSwag export has {len(lines)} lines, not a multiple of 6; the file is corrupt.")
     rows = []
     for i in range(0, len(lines), 6):
         query, label, *endings = lines[i : i + 6]
@@ -129,7 +131,7 @@ def _hellaswag_validation() -> list[dict[str, Any]]:
 def _with_labels(rows_file: tuple[str, str], labels_file: tuple[str, str]) -> list[dict[str, Any]]:
     rows, labels = _jsonl(*rows_file), _lines(*labels_file)
     if len(rows) != len(labels):
-        raise ValueError(f"{rows_file} has {len(rows)} rows but {labels_file} has {len(labels)} labels.")
+        raise DataError(f"{rows_file} has {len(rows)} rows but {labels_file} has {len(labels)} labels.")
     return [dict(r, label=int(lab)) for r, lab in zip(rows, labels)]
 
 
@@ -194,7 +196,7 @@ def winogrande(**_: Any):
 
 def mmlu(subject: str | None = None, **_: Any):
     if subject not in MMLU_SUBJECTS:
-        raise ValueError(f"Unknown MMLU subject {subject!r}; known: {', '.join(MMLU_SUBJECTS)}")
+        raise ConfigError(f"Unknown MMLU subject {subject!r}; known: {', '.join(MMLU_SUBJECTS)}")
     return _dataset_dict({"test": _mmlu_csv("test", subject), "dev": _mmlu_csv("dev", subject)})
 
 

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
+from layerdrop_patch.errors import ConfigError
 from layerdrop_patch.evaluation.local_data import data_path
 
 
@@ -47,7 +48,7 @@ def build_prompt(tokenizer: Any, train: Sequence[tuple[str, str]], query: str, b
     tail = f"Query: {query}\nIntent:"
     used = len(tokenizer(tail, add_special_tokens=False)["input_ids"])
     if used > budget:
-        raise ValueError(f"The query alone needs {used} tokens, more than the budget {budget}.")
+        raise ConfigError(f"The query alone needs {used} tokens, more than the budget {budget}.")
     demos: list[str] = []
     rounds = 0
     while True:

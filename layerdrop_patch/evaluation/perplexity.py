@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from layerdrop_patch.errors import ConfigError, DataError
+
 DATASETS = ("wikitext2", "c4")
 _ALIASES = {"wikitext": "wikitext2", "wikitext-2": "wikitext2", "wikitext2_raw": "wikitext2",
             "wikitext-2-raw-v1": "wikitext2", "c4_validation": "c4"}
@@ -45,7 +47,7 @@ def load_text(dataset: str | Path) -> str:
         texts = pq.read_table(data_path("c4", "c4_validation_2k.parquet"), columns=["text"]).column("text")
         return "\n\n".join(texts.to_pylist())
     if len(dataset) < 64 and not any(ch.isspace() for ch in dataset):
-        raise ValueError(f"Unknown perplexity dataset {dataset!r}; use one of {', '.join(DATASETS)}, a "
+        raise ConfigError(f"Unknown perplexity dataset {dataset!r}; use one of {', '.join(DATASETS)}, a "
                          f"pathlib.Path to a text file, or pass the text itself.")
     return dataset
 
@@ -53,9 +55,9 @@ def load_text(dataset: str | Path) -> str:
 def window_plan(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
     """[(begin, end, first_scored)] for each window; tokens first_scored..end-1 are scored in it."""
     if seq_len < 2:
-        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+        raise ConfigError(f"seq_len must be >= 2, got {seq_len}")
     if not 1 <= stride <= seq_len:
-        raise ValueError(f"stride must be in [1, seq_len={seq_len}], got {stride}")
+        raise ConfigError(f"stride must be in [1, seq_len={seq_len}], got {stride}")
     plan, prev_end, begin = [], 0, 0
     while prev_end < n_tokens:
         end = min(begin + seq_len, n_tokens)
@@ -96,7 +98,7 @@ def perplexity(
     if max_tokens is not None:
         ids = ids[: int(max_tokens)]
     if ids.numel() < 2:
-        raise ValueError("The text is shorter than 2 tokens; nothing to score.")
+        raise DataError("The text is shorter than 2 tokens; nothing to score.")
     device = next(model.parameters()).device
     plan = window_plan(ids.numel(), seq_len, stride)
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import math
 
+from layerdrop_patch.errors import ConfigError
+
 
 def delta_percent(base: float, new: float) -> float:
     """Relative change 100 · (new − base) / base; raises if base is 0 (no relative change defined)."""
     if base == 0:
-        raise ValueError("Relative change from a base value of 0 is undefined; the base must be non-zero.")
+        raise ConfigError("Relative change from a base value of 0 is undefined; the base must be non-zero.")
     return 100.0 * (new - base) / base
 
 
@@ -37,9 +39,9 @@ def sdr(base_avg: float, pruned_avg: float, base_speed: float, pruned_speed: flo
     for name, value in (("base_avg", base_avg), ("pruned_avg", pruned_avg), ("base_speed", base_speed),
                         ("pruned_speed", pruned_speed)):
         if value is None or not math.isfinite(value):
-            raise ValueError(f"sdr: {name} must be a finite number, got {value!r}")
+            raise ConfigError(f"sdr: {name} must be a finite number, got {value!r}")
     if base_speed <= 0 or pruned_speed <= 0:
-        raise ValueError(f"sdr: speeds must be positive throughputs or speed-up factors, got base={base_speed}, "
+        raise ConfigError(f"sdr: speeds must be positive throughputs or speed-up factors, got base={base_speed}, "
                          f"pruned={pruned_speed}; invert latencies first.")
     d_avg = delta_percent(base_avg, pruned_avg)
     d_speed = 100.0 * (pruned_speed / base_speed - 1.0)

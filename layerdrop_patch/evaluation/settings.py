@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
+from layerdrop_patch.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -92,13 +94,13 @@ def resolve_tasks(tasks: str | list[str] | tuple[str, ...]) -> list[TaskSpec]:
         for t in tasks:
             names.extend(TASK_SETS[t] if t in TASK_SETS else [t])
     if not names:
-        raise ValueError("No tasks given; pass a task set (" + ", ".join(TASK_SETS) + ") or task names.")
+        raise ConfigError("No tasks given; pass a task set (" + ", ".join(TASK_SETS) + ") or task names.")
     specs: list[TaskSpec] = []
     for raw in names:
         key = ALIASES.get(raw, raw)
         key = key[len("ldp_"):] if key.startswith("ldp_") else key
         if key not in TASKS:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown task {raw!r}. Known tasks: {', '.join(TASKS)}; task sets: {', '.join(TASK_SETS)}; "
                 f"aliases: {', '.join(f'{a}={b}' for a, b in ALIASES.items())}."
             )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from layerdrop_patch.errors import DataError
+
 # --------------------------------------------------------------------------- WinoGrande (partial scoring)
 # The two options are substituted for "_" and form two *contexts*; the shared continuation is the rest of
 # the sentence after "_". The model picks the option under which the continuation is more likely. lm-eval
@@ -20,7 +22,7 @@ from typing import Any, Sequence
 def _blank_position(doc: dict[str, Any]) -> int:
     sentence = doc["sentence"]
     if "_" not in sentence:
-        raise ValueError(f"WinoGrande sentence has no '_' blank: {sentence!r}")
+        raise DataError(f"WinoGrande sentence has no '_' blank: {sentence!r}")
     return sentence.index("_")
 
 
@@ -28,7 +30,7 @@ def winogrande_doc_to_text(doc: dict[str, Any]) -> int:
     """Gold option index (0 or 1), from the "1"/"2" answer field."""
     answer = str(doc["answer"]).strip()
     if answer not in ("1", "2"):
-        raise ValueError(f"WinoGrande answer must be '1' or '2', got {doc['answer']!r}")
+        raise DataError(f"WinoGrande answer must be '1' or '2', got {doc['answer']!r}")
     return int(answer) - 1
 
 
@@ -54,7 +56,7 @@ def truthfulqa_mc2_process_results(doc: dict[str, Any], results: Sequence[tuple[
     labels = list(doc["mc2_targets"]["labels"])
     lls = [float(r[0]) for r in results]
     if len(lls) != len(labels):
-        raise ValueError(f"TruthfulQA MC2: {len(lls)} log-likelihoods for {len(labels)} answers.")
+        raise DataError(f"TruthfulQA MC2: {len(lls)} log-likelihoods for {len(labels)} answers.")
     top = max(lls)
     weights = [math.exp(ll - top) for ll in lls]
     total = sum(weights)

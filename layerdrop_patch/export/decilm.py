@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from layerdrop_patch.errors import CheckpointError
 from layerdrop_patch.config import DropConfig
 from layerdrop_patch.architectures import drop_of
 from layerdrop_patch.export.common import ExportError, global_tensors, sublayer_tensors
@@ -283,7 +284,7 @@ def load_decilm(directory: str | os.PathLike, **hf_kwargs):
     directory = Path(directory)
     problems = check_decilm_dir(directory)
     if problems:
-        raise ValueError(f"{directory} is not a valid Nemotron-NAS checkpoint: " + "; ".join(problems[:10]))
+        raise CheckpointError(f"{directory} is not a valid Nemotron-NAS checkpoint: " + "; ".join(problems[:10]))
     config = json.loads((directory / "config.json").read_text())
     blocks = config["block_configs"]
     attn_dropped = {i for i, b in enumerate(blocks) if b["attention"]["no_op"]}
@@ -296,7 +297,7 @@ def load_decilm(directory: str | os.PathLike, **hf_kwargs):
     widths = {intermediate_size_for(blocks[i]["ffn"]["ffn_mult"], config["hidden_size"])
               for i in range(len(blocks)) if i not in mlp_dropped}
     if len(groups) > 1 or len(widths) > 1:
-        raise ValueError(f"kept layers differ in n_heads_in_group {sorted(groups)} or MLP width {sorted(widths)}; "
+        raise CheckpointError(f"kept layers differ in n_heads_in_group {sorted(groups)} or MLP width {sorted(widths)}; "
                          "layerdrop-patch's patched Llama model needs them uniform.")
 
     saved = config.get("layerdrop_drop_config")

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from layerdrop_patch.errors import ConfigError
 from layerdrop_patch.architectures import drop_of
 from layerdrop_patch.export.common import ExportError, global_tensors, pack_layers, sublayer_tensors
 from layerdrop_patch.export.registry import check_supported, register_format
@@ -60,7 +61,7 @@ class GGUFLayer:
 def gguf_layer_plan(model, attention_only_layers: str = "zero-ffn") -> list[GGUFLayer]:
     """The layers the GGUF will hold, with placeholders where llama.cpp would otherwise run the model wrong."""
     if attention_only_layers not in ("zero-ffn", "refuse"):
-        raise ValueError("attention_only_layers must be 'zero-ffn' or 'refuse'")
+        raise ConfigError("attention_only_layers must be 'zero-ffn' or 'refuse'")
     plan = []
     for j, layer in enumerate(pack_layers(model)):
         zero_ffn = layer.attn is not None and layer.mlp is None
@@ -167,17 +168,17 @@ def export_gguf(model, out: str | os.PathLike, tokenizer=None, *, dtype: str = "
     unless `allow_no_tokenizer=True` (for tools that only read the weights)."""
     import gguf
 
+    check_supported(model, "gguf")
     if tokenizer is None and not allow_no_tokenizer:
         raise ExportError("no tokenizer to embed: llama.cpp aborts on a GGUF without one (\"Tokenizer not "
                           "initialized\"). Pass tokenizer=..., export from a checkpoint saved with its tokenizer, or "
                           "pass allow_no_tokenizer=True (--allow-no-tokenizer) for a weights-only file.")
 
-    check_supported(model, "gguf")
     config = model.config
     if getattr(config, "sliding_window", None) is not None:
         raise ExportError("the GGUF export writes full-attention layers; this model has a sliding window.")
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
+        raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}")
     np_dtype, file_type = _DTYPES[dtype]
     plan = gguf_layer_plan(model, attention_only_layers)
     arch = "llama" if all(layer.complete for layer in plan) else "deci"

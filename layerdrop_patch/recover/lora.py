@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from layerdrop_patch.architectures import projection_names
+from layerdrop_patch.architectures import check_sequence_length, projection_names
 from layerdrop_patch.errors import ConfigError, QualityGateError
 from layerdrop_patch.files import atomic_write_json
 from layerdrop_patch.options import StageConfig, non_negative, option, positive
@@ -125,6 +125,7 @@ def recover_lora(model: Any, tokenizer: Any, train_data: Any = None, config: Rec
     from layerdrop_patch.recover.plots import plot_loss_curve
 
     config = RecoveryConfig.build(config, **overrides)
+    check_sequence_length(model, config.seq_len, "seq_len")
     targets = lora_target_modules(model, target_names)
     quantised = any(_is_quantised(m) for n, m in model.named_modules() if n in set(targets))
     if config.merge and quantised:

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from layerdrop_patch.checkpoint import save_pretrained
 from layerdrop_patch.config import DropConfig
+from layerdrop_patch.errors import ConfigError
 from layerdrop_patch.evaluation.suite import EvaluationConfig, evaluate_model
 from layerdrop_patch.files import atomic_write_json, checkpoint_bytes
 from layerdrop_patch.patch import apply_drop, kept_attention_layers, parameter_bytes
@@ -66,6 +67,9 @@ def drop_and_save(model: Any, tokenizer: Any, drop_config: DropConfig, out_dir: 
                   overwrite: bool = False) -> dict[str, Any]:
     """Apply `drop_config` to `model` in place and save it as a portable checkpoint (atomic); returns the
     parameter bytes before/after, the checkpoint's weight bytes and the kept attention layers."""
+    if drop_config.is_empty():
+        raise ConfigError("the drop is empty (n=0, or a ratio that rounds to 0 units): the checkpoint would be the "
+                          "unpruned model under a pruned name. Drop at least one unit (-n 1 or more).")
     if base_model and (drop_config.base_model is None or str(drop_config.base_model).startswith("/")):
         drop_config.base_model = base_model
     before = parameter_bytes(model)

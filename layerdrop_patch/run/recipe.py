@@ -104,8 +104,9 @@ def parse_yaml(text: str, where: str = "recipe") -> Any:
     if len(text.encode("utf-8", errors="replace")) > MAX_RECIPE_BYTES:
         raise RecipeError([f"the file is larger than {MAX_RECIPE_BYTES // 1024} KiB; a recipe is a small file of "
                            "settings"], where)
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # the reader already refuses control characters here
         return loader.get_single_data()
     except RecipeError as err:
         raise RecipeError(err.problems, where) from None
@@ -117,7 +118,8 @@ def parse_yaml(text: str, where: str = "recipe") -> Any:
     except RecursionError:
         raise RecipeError([f"nesting deeper than {MAX_DEPTH} levels"], where) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def apply_overrides(data: Any, overrides: list[str]) -> dict:

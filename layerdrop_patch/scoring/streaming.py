@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from layerdrop_patch.architectures import decoder_layers, get_architecture
+from layerdrop_patch.architectures import check_sequence_length, decoder_layers, get_architecture
 from layerdrop_patch.errors import ConfigError
 from layerdrop_patch.scoring.calibration import CalibrationConfig, as_token_tensor
 from layerdrop_patch.scoring.layer_scorer import LayerScorer, assemble, batches_of
@@ -53,6 +53,7 @@ def compute_importance(model: Any, calibration: Any, batch_size: int = Calibrati
         raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     ids, description = as_token_tensor(calibration)
     arch = get_architecture(model)
+    check_sequence_length(model, ids.shape[1], "calibration seq_len")
     if offload:
         means = score_offloaded(model, ids, arch, batch_size, progress, device=device, checkpoint=checkpoint)
     else:

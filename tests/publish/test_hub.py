@@ -446,7 +446,7 @@ def test_card_without_eval_results(checkpoint_dir):
     total = kept + 2 * 12352 + 18496
     assert f"| parameters | {total / 1000:.2f} K | {kept / 1000:.2f} K |" in card
     assert 'from_pretrained("path/to/checkpoint", trust_remote_code=True)' in card  # no repo id: a placeholder
-    assert "only remote code" in card and "imports only `torch` and\n`transformers`" in card
+    assert "are the only remote code" in card and "import\nonly `torch` and `transformers`" in card
 
 
 def test_card_with_eval_results_and_plot(checkpoint_dir, tmp_path):
