@@ -102,6 +102,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     import transformers
 
     tested = _tested_transformers()
+    if os.environ.get("LAYERDROP_REQUIRE_ENGINES"):  # the engine stage runs the transformers its vLLM pins
+        return
     if exitstatus != 0 and transformers.__version__ not in tested:
         terminalreporter.write_sep("=", "transformers compatibility", red=True, bold=True)
         terminalreporter.write_line(

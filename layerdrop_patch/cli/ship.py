@@ -66,22 +66,34 @@ def recover(
     model: str = typer.Argument(..., help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the recovered checkpoint (or adapter)."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    teacher: Optional[str] = typer.Option(None, help="The unpruned model for --loss distill / lm+distill (default: "
+                                                     "the base model recorded in MODEL's drop_config)."),
     recovery=None, load=None,
 ):
     """LoRA recovery: fine-tune adapters on the kept projections of a dropped model, then merge or keep them.
 
     Writes the checkpoint, OUT/loss.png (loss curve) and OUT/recovery.json.
 
-    Example:
+    Examples:
 
       layerdrop recover smol-block4 -o smol-block4-lora --steps 100 --lr 3e-4
+
+      layerdrop recover smol-block4 -o smol-block4-kd --loss distill --teacher smollm2-135m
     """
+    from layerdrop_patch.errors import ConfigError
     from layerdrop_patch.models import load_model
     from layerdrop_patch.recover import recover_lora
 
     check_output(out, model, overwrite)
     m, tok = load_model(model, load)
-    _, res = recover_lora(m, tok, config=recovery, out_dir=out, overwrite=overwrite)
+    teacher_model = None
+    if recovery.loss != "lm":
+        teacher = teacher or (getattr(m.config, "drop_config", None) or {}).get("base_model")
+        if not teacher:
+            raise ConfigError(f"--loss {recovery.loss} needs --teacher MODEL (the unpruned model); {model} records "
+                              "no base model.")
+        teacher_model, _ = load_model(teacher, load, tokenizer=False)
+    _, res = recover_lora(m, tok, config=recovery, teacher=teacher_model, out_dir=out, overwrite=overwrite)
     console.print(_kv_table(f"LoRA recovery (rank {recovery.rank}, {recovery.steps} steps)", {
         "WikiText-2 perplexity before": res.ppl_before if res.ppl_before is not None else "–",
         "WikiText-2 perplexity after": res.ppl_after if res.ppl_after is not None else "–",
@@ -96,13 +108,21 @@ def _format_help() -> str:
     return " | ".join(f"{f.name} ({f.engines})" for f in FORMATS.values()) + "."
 
 
+def _gguf_types() -> list[str]:
+    from layerdrop_patch.export.gguf import GGUF_TYPES
+
+    return list(GGUF_TYPES)
+
+
 @handle_errors
 def export(
     model: str = typer.Argument(..., help="A pruned checkpoint directory (or any model argument)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (standard, decilm) or .gguf file."),
     format: str = typer.Option(..., "--format", "-f", help=_format_help()),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
-    gguf_dtype: str = typer.Option("f32", help="GGUF weights: f32 (exact), f16, q8_0."),
+    gguf_dtype: str = typer.Option("f32", help="GGUF weights: " + ", ".join(_gguf_types()) + " (f32 is exact)."),
+    tokenizer_pre: Optional[str] = typer.Option(None, help="GGUF: llama.cpp's pre-tokenizer name, for a tokenizer "
+                                                "it does not recognise (default: detected; unknown is refused)."),
     allow_no_tokenizer: bool = typer.Option(False, help="GGUF: write the file even without a tokenizer "
                                                          "(llama.cpp cannot run it, but tools can read it)."),
 ):
@@ -124,7 +144,9 @@ def export(
     check_output(out, model, overwrite)
     options = {"overwrite": overwrite}
     if format == "gguf":
-        options.update(dtype=gguf_dtype, allow_no_tokenizer=allow_no_tokenizer)
+        options.update(dtype=gguf_dtype, allow_no_tokenizer=allow_no_tokenizer, tokenizer_pre=tokenizer_pre)
+    elif tokenizer_pre is not None:
+        raise ConfigError("--tokenizer-pre only applies to --format gguf")
     written = export_fn(model, format=format, out=out, **options)
     console.print(f"exported {model} as {format}: {written}", highlight=False)
 

@@ -18,6 +18,11 @@ What is reported (per model; medians over `repeats`, after `warmup` untimed runs
   background thread with psutil — approximate (allocator caching hides reuse), and peak_memory_bytes is None.
 Inputs are random token ids (speed does not depend on the values); `min_new_tokens = max_new_tokens` so
 an EOS cannot end a run early.
+
+Serving engines: `compare_engine` runs the same workload in the engine `BenchConfig.engine` names (registry:
+`evaluation/engines/`): "transformers" is `compare_generate` below; "vllm" and "llama.cpp" serve each model's
+export in a worker process (`engines/served.py`: same fields, prefill = a one-token request). Users prune to
+serve faster, so the speed-up that counts is the one the engine they deploy delivers.
 """
 
 from __future__ import annotations
@@ -35,8 +40,20 @@ from layerdrop_patch.errors import ConfigError
 from layerdrop_patch.options import StageConfig, non_negative, option, positive
 from layerdrop_patch.patch import kept_attention_layers, kv_cache_bytes, returned_cache
 
-__all__ = ["BenchConfig", "benchmark_generate", "compare_generate", "expected_kv_bytes", "kv_cache_bytes",
-           "random_prompt"]
+__all__ = ["BenchConfig", "benchmark_generate", "compare_engine", "compare_generate", "expected_kv_bytes",
+           "kv_cache_bytes", "random_prompt"]
+
+
+def _engine_names() -> tuple[str, ...]:
+    from layerdrop_patch.evaluation.engines.registry import engine_names
+
+    return engine_names()
+
+
+def _gguf_types() -> tuple[str, ...]:
+    from layerdrop_patch.export.gguf import GGUF_TYPES
+
+    return tuple(GGUF_TYPES)
 
 
 @dataclass
@@ -44,7 +61,8 @@ class BenchConfig(StageConfig):
     """The workload a speed measurement runs: the options of `layerdrop bench`."""
 
     section = "bench"
-    batch_size: int = option(1, "Sequences per generate() call.", check=positive)
+    batch_size: int = option(1, "Sequences per generate() call (requests in flight, for served engines).",
+                             check=positive, flag=("--batch-size", "--batch"))
     prompt_len: int = option(64, "Prompt tokens (random ids).", check=positive)
     new_tokens: int = option(32, "Generated tokens.", check=positive)
     repeats: int = option(3, "Timed runs per model (median; interleaved across models).", check=positive)
@@ -52,6 +70,24 @@ class BenchConfig(StageConfig):
     cache_implementation: str = option("dynamic", "KV cache of generate(): dynamic | static.",
                                        choices=("dynamic", "static"))
     seed: int = option(0, "Seed of the random prompt ids.")
+    engine: str = option("transformers", "What runs the models: transformers (generate() of the patched models, in "
+                         "this process), vllm (their standard or DeciLM export), llama.cpp (their GGUF export).",
+                         choices=_engine_names)
+    threads: int | None = option(None, "CPU threads per model (transformers: torch threads; vllm: OpenMP threads "
+                                 "bound to cores; llama.cpp: n_threads). Default: the engine's own.", check=positive)
+    gguf_type: str | None = option(None, "llama.cpp: GGUF weight type (default: from --dtype: float32 -> f32, "
+                                   "float16 -> f16, bfloat16 -> bf16).", choices=_gguf_types)
+    engine_python: str | None = option(None, "vllm / llama.cpp: the Python that has the engine installed (default: "
+                                       "$LAYERDROP_VLLM_PYTHON / $LAYERDROP_LLAMACPP_PYTHON, else this one).")
+
+    def checks(self) -> list[str]:
+        problems = []
+        if self.engine != "transformers" and self.cache_implementation != "dynamic":
+            problems.append(f"cache_implementation: {self.cache_implementation} is a transformers cache; "
+                            f"{self.engine} manages its own KV cache (leave it at dynamic)")
+        if self.gguf_type is not None and self.engine != "llama.cpp":
+            problems.append(f"gguf_type: only llama.cpp serves GGUF files, not {self.engine} (use --engine llama.cpp)")
+        return problems
 
 
 def expected_kv_bytes(config: Any, batch_size: int, cached_tokens: int, dtype: torch.dtype) -> int:
@@ -187,6 +223,9 @@ def compare_generate(models: Mapping[str, Any], tokenizer_or_vocab: Any = None, 
     {prefill/decode/total speed-up, kv_cache ratio}}}; see the module docstring for the fields.
     """
     c = BenchConfig.build(config, **overrides)
+    if c.engine != "transformers":
+        raise ConfigError(f"compare_generate times transformers' generate(); for engine {c.engine!r} call "
+                          "compare_engine(models, tokenizer, config) instead.")
     if not models:
         raise ConfigError("compare_generate needs at least one model")
     first = next(iter(models.values()))
@@ -222,3 +261,20 @@ def benchmark_generate(model: Any, tokenizer_or_vocab: Any = None, config: Bench
     out = compare_generate({"model": model}, tokenizer_or_vocab, config, measure_memory=measure_memory,
                            progress=False, **overrides)
     return {**out["models"]["model"], "settings": out["settings"]}
+
+
+def compare_engine(models: Mapping[str, Any], tokenizer_or_vocab: Any = None, config: BenchConfig | None = None, *,
+                   progress: bool = True, **overrides: Any) -> dict[str, Any]:
+    """Prefill and decode throughput of several models side by side in the engine `config.engine` names, repeats
+    interleaved; ratios are relative to the FIRST model (put the unpruned one first).
+
+    transformers: `compare_generate` (without memory sampling). vllm / llama.cpp: each model is exported the way
+    the engine serves it and run in a worker process (`engines/served.py`); the engine must be installed in
+    `engine_python` (or `$LAYERDROP_VLLM_PYTHON` / `$LAYERDROP_LLAMACPP_PYTHON`, else this Python), or a
+    MissingDependencyError says how. llama.cpp needs the tokenizer (it is embedded in the GGUF).
+    Returns compare_generate's layout: {"settings", "models": {name: summary}, "ratios"}.
+    """
+    from layerdrop_patch.evaluation.engines.registry import get_engine
+
+    c = BenchConfig.build(config, **overrides)
+    return get_engine(c.engine).compare(models, tokenizer_or_vocab, c, progress=progress)

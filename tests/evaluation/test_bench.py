@@ -50,3 +50,46 @@ def test_bad_arguments(models):
         benchmark_generate(base, 258, cache_implementation="paged")
     with pytest.raises(ValueError):
         benchmark_generate(base, 258, new_tokens=0)
+
+
+def test_engine_option_and_its_rules():
+    from layerdrop_patch.evaluation.bench import BenchConfig
+
+    choices = BenchConfig.__dataclass_fields__["engine"].metadata["choices"]()
+    assert {"transformers", "vllm", "llama.cpp"} <= set(choices)
+    assert BenchConfig().engine == "transformers"
+    with pytest.raises(ValueError, match="did you mean 'vllm'"):
+        BenchConfig(engine="vlm")
+    with pytest.raises(ValueError, match="manages its own KV cache"):
+        BenchConfig(engine="vllm", cache_implementation="static")
+    with pytest.raises(ValueError, match="only llama.cpp serves GGUF"):
+        BenchConfig(engine="vllm", gguf_type="q8_0")
+    with pytest.raises(ValueError, match="gguf_type"):
+        BenchConfig(engine="llama.cpp", gguf_type="q4_k_m")
+    with pytest.raises(ValueError, match="threads"):
+        BenchConfig(threads=0)
+    assert BenchConfig(engine="llama.cpp", gguf_type="q8_0", threads=1).gguf_type == "q8_0"
+
+
+def test_compare_engine_transformers_is_compare_generate_with_threads(models):
+    from layerdrop_patch.evaluation.bench import compare_engine
+
+    base, dropped = models
+    before = torch.get_num_threads()
+    out = compare_engine({"base": base, "attn3": dropped}, 258, engine="transformers", threads=1, batch_size=1,
+                         prompt_len=8, new_tokens=4, repeats=1, warmup=0, progress=False)
+    assert torch.get_num_threads() == before
+    assert out["settings"]["engine"] == "transformers" and out["settings"]["torch_threads"] == 1
+    assert out["models"]["attn3"]["kv_cache_layers"] == 1 and out["models"]["base"]["format"] == "patched model"
+    assert out["ratios"]["attn3"]["kv_cache_ratio"] == pytest.approx(1 / 4)
+
+
+def test_compare_generate_refuses_other_engines_and_missing_engines_say_how(models):
+    from layerdrop_patch.errors import MissingDependencyError
+    from layerdrop_patch.evaluation.bench import compare_engine
+
+    base, _ = models
+    with pytest.raises(ValueError, match="compare_engine"):
+        compare_generate({"base": base}, 258, engine="vllm")
+    with pytest.raises(MissingDependencyError, match="does not exist"):
+        compare_engine({"base": base}, 258, engine="vllm", engine_python="/nonexistent/python", progress=False)
