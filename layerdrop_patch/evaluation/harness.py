@@ -114,8 +114,15 @@ def _read_score(spec: TaskSpec, lm_name: str, shots: int, res: Mapping[str, Any]
         n_samples = sum(int(counts[leaf].get("effective", 0)) for leaf in leaves)
     others = {k: float(v) for k, v in row.items()
               if "," in k and "_stderr" not in k and isinstance(v, (int, float)) and k != spec.result_key}
+    per_doc = {}
+    for leaf in leaves:
+        for sample in (res.get("samples") or {}).get(leaf, []):
+            value = sample.get(spec.metric)
+            if isinstance(value, (int, float, bool)):
+                per_doc[f"{leaf}/{sample.get('doc_id')}"] = float(value)
     return TaskScore(task=spec.name, metric=spec.metric, value=float(row[spec.result_key]), stderr=stderr,
-                     num_fewshot=shots, lm_eval_task=lm_name, n_samples=n_samples, other_metrics=others)
+                     num_fewshot=shots, lm_eval_task=lm_name, n_samples=n_samples, other_metrics=others,
+                     per_doc=per_doc)
 
 
 def evaluate(
@@ -182,7 +189,7 @@ def evaluate(
         res = lm_eval.simple_evaluate(
             model=lm, tasks=objects, num_fewshot=shots, limit=limit, samples=samples, task_manager=task_manager(offline),
             random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-            bootstrap_iters=bootstrap_iters, log_samples=False,
+            bootstrap_iters=bootstrap_iters, log_samples=True,
         )
         for spec in group:
             lm_name = spec.local if offline else spec.name

@@ -29,23 +29,21 @@ _ALIASES = {"wikitext": "wikitext2", "wikitext-2": "wikitext2", "wikitext2_raw":
 
 
 def load_text(dataset: str | Path) -> str:
-    """Text for a dataset name ("wikitext2": WikiText-2 raw test, "c4": the bundled 2000-document C4
-    validation sample joined by blank lines), a `pathlib.Path` to a UTF-8 file, or the text itself.
+    """Text for a dataset name (the held-out part of the bundled "wikitext2" or "c4", never the calibration
+    part: see `layerdrop_patch.corpora`), a `pathlib.Path` to a UTF-8 file, or the text itself.
 
     A short string without whitespace that is not a known name is treated as a typo, not as text.
     """
-    from layerdrop_patch.evaluation.local_data import data_path
+    from layerdrop_patch.corpora import heldout_text
 
     if isinstance(dataset, Path):
-        return dataset.read_text(encoding="utf-8")
+        try:
+            return dataset.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise DataError(f"perplexity text {dataset} is not a readable UTF-8 file ({err}).") from None
     name = _ALIASES.get(dataset.strip().lower(), dataset.strip().lower())
-    if name == "wikitext2":
-        return data_path("wikitext2_raw", "wikitext-2-raw-v1_test.txt").read_text(encoding="utf-8")
-    if name == "c4":
-        import pyarrow.parquet as pq
-
-        texts = pq.read_table(data_path("c4", "c4_validation_2k.parquet"), columns=["text"]).column("text")
-        return "\n\n".join(texts.to_pylist())
+    if name in DATASETS:
+        return heldout_text(name)
     if len(dataset) < 64 and not any(ch.isspace() for ch in dataset):
         raise ConfigError(f"Unknown perplexity dataset {dataset!r}; use one of {', '.join(DATASETS)}, a "
                          f"pathlib.Path to a text file, or pass the text itself.")
@@ -69,6 +67,21 @@ def window_plan(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int
     return plan
 
 
+_TOKENS_CACHE: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _token_stream(tokenizer: Any, dataset: str | Path) -> torch.Tensor:
+    """Token ids of the whole text; bundled corpora are tokenized once per tokenizer (benchmarks call this often)."""
+    key = (id(tokenizer), dataset) if isinstance(dataset, str) and dataset in DATASETS + tuple(_ALIASES) else None
+    if key in _TOKENS_CACHE:
+        return _TOKENS_CACHE[key]
+    ids = tokenizer(load_text(dataset), return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    if key is not None:
+        _TOKENS_CACHE.clear()  # one entry: a different tokenizer or corpus replaces it
+        _TOKENS_CACHE[key] = ids
+    return ids
+
+
 @torch.inference_mode()
 def perplexity(
     model: Any,
@@ -79,46 +92,59 @@ def perplexity(
     max_tokens: int | None = None,
     progress: bool = True,
     return_details: bool = False,
+    batch_size: int = 4,
 ) -> float | dict[str, Any]:
     """Strided perplexity of `model` on `dataset` (see the module docstring for exactly what is scored).
 
     Args:
-        dataset: "wikitext2", "c4", a `Path` to a text file, or the text itself.
+        dataset: "wikitext2", "c4" (their held-out parts, `layerdrop_patch.corpora`), a `Path` to a text file,
+            or the text itself.
         seq_len: window length in tokens (capped at the model's max_position_embeddings).
         stride: distance between window starts; None = seq_len (non-overlapping windows).
         max_tokens: only the first `max_tokens` tokens of the stream (quick runs); None = all.
-        return_details: also return the number of scored tokens, the summed NLL and the settings.
+        return_details: also return the number of scored tokens, the summed NLL, the settings, and the NLL and
+            token count of every window (what paired comparisons of two models resample).
+        batch_size: windows of equal length per forward pass.
     """
-    text = load_text(dataset)
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit is not None and seq_len > limit:
         seq_len = int(limit)
     stride = seq_len if stride is None else min(int(stride), seq_len)
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    ids = _token_stream(tokenizer, dataset)
     if max_tokens is not None:
         ids = ids[: int(max_tokens)]
     if ids.numel() < 2:
         raise DataError("The text is shorter than 2 tokens; nothing to score.")
     device = next(model.parameters()).device
     plan = window_plan(ids.numel(), seq_len, stride)
+    batches: list[list[tuple[int, int, int]]] = []
+    for window in plan:  # consecutive windows of one length share a forward pass
+        if batches and len(batches[-1]) < batch_size and \
+                batches[-1][0][1] - batches[-1][0][0] == window[1] - window[0]:
+            batches[-1].append(window)
+        else:
+            batches.append([window])
 
-    total_nll, total_tokens = 0.0, 0
+    window_nll: list[float] = []
+    window_tokens: list[int] = []
     from tqdm.auto import tqdm
 
-    for begin, end, first in tqdm(plan, desc=f"perplexity ({seq_len}/{stride})", disable=not progress):
-        window = ids[begin:end].unsqueeze(0).to(device)
-        logits = model(input_ids=window, use_cache=False).logits[0]
-        # logits at position p predict token p+1; scored tokens are first..end-1 (window-relative offsets)
-        pred = logits[first - begin - 1 : end - begin - 1].float()
-        targets = window[0, first - begin : end - begin]
-        nll = torch.nn.functional.cross_entropy(pred, targets, reduction="sum")
-        total_nll += float(nll.double())
-        total_tokens += int(targets.numel())
+    for batch in tqdm(batches, desc=f"perplexity ({seq_len}/{stride})", disable=not progress):
+        windows = torch.stack([ids[begin:end] for begin, end, _ in batch]).to(device)
+        logits = model(input_ids=windows, use_cache=False).logits
+        for row, (begin, end, first) in enumerate(batch):
+            # logits at position p predict token p+1; scored tokens are first..end-1 (window-relative offsets)
+            pred = logits[row, first - begin - 1 : end - begin - 1].float()
+            targets = windows[row, first - begin : end - begin]
+            window_nll.append(float(torch.nn.functional.cross_entropy(pred, targets, reduction="sum").double()))
+            window_tokens.append(int(targets.numel()))
+    total_nll, total_tokens = math.fsum(window_nll), sum(window_tokens)
     ppl = math.exp(total_nll / total_tokens)
     if not return_details:
         return ppl
     return {"perplexity": ppl, "nll_sum": total_nll, "scored_tokens": total_tokens, "total_tokens": int(ids.numel()),
-            "seq_len": seq_len, "stride": stride, "windows": len(plan),
+            "seq_len": seq_len, "stride": stride, "windows": len(plan), "window_nll": window_nll,
+            "window_tokens": window_tokens,
             "dataset": dataset if isinstance(dataset, str) and len(dataset) < 64 else "<text>"}
 
 

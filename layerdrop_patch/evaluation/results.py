@@ -26,6 +26,8 @@ class TaskScore:
     lm_eval_task: str
     n_samples: int | None = None
     other_metrics: dict[str, float] = field(default_factory=dict)
+    # "<leaf task>/<doc id>" -> the metric on that document (0/1 for accuracies): what paired comparisons use
+    per_doc: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -36,6 +36,8 @@ class EvaluationConfig(StageConfig):
     tasks: list[str] = option([], "lm-eval tasks or sets (paper | openllm | extra), comma-separated; none = "
                                   "perplexity only.", check=_tasks_check)
     limit: int | float | None = option(None, "First N documents per task (or a fraction < 1).", check=positive)
+    subsample: int | None = option(None, "Or: N documents per task drawn at random with --seed (MMLU: N over its "
+                                         "subjects).", check=positive)
     num_fewshot: int | None = option(None, "Shots for every task (default: the paper's per task).", check=non_negative)
     batch_size: int = option(8, "lm-eval batch size.", check=positive)
     baseline: bool = option(True, "Recipes: also evaluate the unpruned model.")
@@ -45,6 +47,9 @@ class EvaluationConfig(StageConfig):
     perplexity_tokens: int = option(8192, "Tokens scored for perplexity.", check=positive, flag="--ppl-tokens")
     perplexity_seq_len: int = option(512, "Window length for perplexity.", check=positive, flag="--ppl-seq-len")
     seed: int = option(1234, "Seed for lm-eval's sampling and subsampling.")
+
+    def checks(self) -> list[str]:
+        return ["subsample: give limit or subsample, not both"] if self.limit and self.subsample else []
 
 
 def evaluate_model(model: Any, tokenizer: Any, config: EvaluationConfig | None = None, *, progress: bool = True,
@@ -61,9 +66,9 @@ def evaluate_model(model: Any, tokenizer: Any, config: EvaluationConfig | None =
 
         limit = int(config.limit) if config.limit and config.limit >= 1 else config.limit
         result = evaluate(model, tokenizer, tasks=config.tasks, limit=limit, num_fewshot=config.num_fewshot,
-                          batch_size=config.batch_size, seed=config.seed)
+                          batch_size=config.batch_size, seed=config.seed, subsample=config.subsample)
         out["tasks"] = {name: {"metric": s.metric, "value": s.value, "stderr": s.stderr, "n": s.n_samples,
-                               "shots": s.num_fewshot} for name, s in result.scores.items()}
+                               "shots": s.num_fewshot, "per_doc": s.per_doc} for name, s in result.scores.items()}
         out["average"] = result.average
         out["settings"] = {k: v for k, v in result.settings.items() if k != "drop_config"}
     if config.perplexity and config.perplexity_dataset:
@@ -75,12 +80,19 @@ def evaluate_model(model: Any, tokenizer: Any, config: EvaluationConfig | None =
                              stride=config.perplexity_seq_len, max_tokens=config.perplexity_tokens,
                              progress=progress, return_details=True)
         out["perplexity"] = {"dataset": Path(name).name, "value": details["perplexity"],
-                             "tokens": details["scored_tokens"], "seq_len": details["seq_len"]}
+                             "tokens": details["scored_tokens"], "seq_len": details["seq_len"],
+                             "window_nll": details["window_nll"], "window_tokens": details["window_tokens"]}
     return out
 
 
 def _fmt(v: Any, scale: float = 100.0) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v * scale:.2f}"
+
+
+def _with_stderr(task: dict) -> str:
+    """'47.20 ± 2.23' (percent, lm-eval's standard error), or the value alone where there is none."""
+    value, stderr = task.get("value"), task.get("stderr")
+    return _fmt(value) + (f" ± {_fmt(stderr)}" if stderr is not None and value is not None else "")
 
 
 def eval_table_markdown(columns: dict[str, dict]) -> str:
@@ -92,8 +104,8 @@ def eval_table_markdown(columns: dict[str, dict]) -> str:
     lines = ["| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for t in tasks:
         metric = next(r["tasks"][t]["metric"] for r in columns.values() if t in r["tasks"])
-        lines.append(f"| {t} ({metric}, %) | "
-                     + " | ".join(_fmt(r["tasks"].get(t, {}).get("value")) for r in columns.values()) + " |")
+        lines.append(f"| {t} ({metric}, %) | " + " | ".join(
+            _with_stderr(r["tasks"].get(t, {})) for r in columns.values()) + " |")
     if tasks:
         lines.append("| **average** | " + " | ".join(_fmt(r["average"]) for r in columns.values()) + " |")
     if any(r.get("perplexity") for r in columns.values()):

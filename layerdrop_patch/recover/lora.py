@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ import torch
 from layerdrop_patch.architectures import check_sequence_length, projection_names
 from layerdrop_patch.errors import ConfigError, QualityGateError
 from layerdrop_patch.files import atomic_write_json
-from layerdrop_patch.options import StageConfig, non_negative, option, positive
+from layerdrop_patch.options import StageConfig, fraction, non_negative, option, positive
+from layerdrop_patch.recover.distill import LOSSES, near_dropped_layers, training_loss
 
 __all__ = ["RecoveryConfig", "RecoveryResult", "lora_target_modules", "recover_lora"]
 
@@ -51,6 +53,13 @@ class RecoveryConfig(StageConfig):
                          flag="--merge/--keep-adapter")
     eval_tokens: int = option(8192, "WikiText-2 tokens for perplexity before/after (0 skips it).", check=non_negative)
     seed: int = option(0, "Seed of the data order.")
+    loss: str = option("lm", "Training objective: lm (next-token cross-entropy), distill (match the unpruned "
+                       "model's predictions; needs the teacher) or lm+distill.", choices=LOSSES)
+    temperature: float = option(2.0, "Distillation temperature.", check=positive)
+    distill_weight: float = option(0.5, "lm+distill: the distillation share of the loss.", check=fraction)
+    near: int | None = option(None, "Adapt only layers within this many of a dropped sublayer (None: every layer).",
+                              check=non_negative)
+
 
 
 @dataclass
@@ -77,13 +86,16 @@ def _is_quantised(module: torch.nn.Module) -> bool:
     return hasattr(module, "qweight")
 
 
-def lora_target_modules(model, names: tuple[str, ...] | None = None) -> list[str]:
-    """Full names of the projections that still exist in the decoder layers (dropped ones are gone)."""
+def lora_target_modules(model, names: tuple[str, ...] | None = None, layers: set[int] | None = None) -> list[str]:
+    """Full names of the projections that still exist in the decoder layers (dropped ones are gone), optionally
+    only in `layers`."""
     names = tuple(names or projection_names(model))
     targets = []
     for name, module in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
-        if ".layers." in f".{name}" and leaf in names and (isinstance(module, torch.nn.Linear) or _is_quantised(module)):
+        index = name.split(".layers.", 1)[1].split(".", 1)[0] if ".layers." in f".{name}" else None
+        if index is not None and leaf in names and (layers is None or int(index) in layers) and \
+                (isinstance(module, torch.nn.Linear) or _is_quantised(module)):
             targets.append(name)
     if not targets:
         raise ConfigError(f"no LoRA targets found: none of {names} exists in the decoder layers of "
@@ -102,8 +114,9 @@ def _training_rows(data: Any, tokenizer: Any, n_rows: int, seq_len: int, seed: i
 
 
 def recover_lora(model: Any, tokenizer: Any, train_data: Any = None, config: RecoveryConfig | None = None, *,
-                 target_names: tuple[str, ...] | None = None, out_dir: str | os.PathLike | None = None,
-                 overwrite: bool = False, progress: bool = True, **overrides: Any) -> tuple[Any, RecoveryResult]:
+                 teacher: Any = None, target_names: tuple[str, ...] | None = None,
+                 out_dir: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True,
+                 **overrides: Any) -> tuple[Any, RecoveryResult]:
     """Fine-tune LoRA adapters for `config.steps` steps; merge them (default) or keep them; optionally save.
 
     Args:
@@ -111,6 +124,7 @@ def recover_lora(model: Any, tokenizer: Any, train_data: Any = None, config: Rec
         train_data: a `Calibration`, a (n, seq_len) LongTensor, a list of texts, or a `load_calibration` source;
             default `config.data` ("c4"; WikiText-2 is what the before/after perplexity is measured on).
         config: a RecoveryConfig; keyword `overrides` (steps=..., lr=...) build or change one.
+        teacher: the unpruned model, for `loss="distill"` / `"lm+distill"` (run in eval mode, no gradients).
         target_names: projection names to adapt (default: the family's, see `architectures.projection_names`).
         out_dir: where to save: the merged model (dropped models as portable checkpoints) or the adapter in
             `out_dir/adapter`; plus `loss.png` and `recovery.json`. None = don't save. An existing non-empty
@@ -126,7 +140,11 @@ def recover_lora(model: Any, tokenizer: Any, train_data: Any = None, config: Rec
 
     config = RecoveryConfig.build(config, **overrides)
     check_sequence_length(model, config.seq_len, "seq_len")
-    targets = lora_target_modules(model, target_names)
+    if config.loss != "lm" and teacher is None:
+        raise ConfigError(f"loss={config.loss!r} needs the unpruned model as teacher: recover_lora(..., teacher="
+                          "base_model), or --teacher MODEL on the command line.")
+    layers = near_dropped_layers(model, config.near) if config.near is not None else None
+    targets = lora_target_modules(model, target_names, layers)
     quantised = any(_is_quantised(m) for n, m in model.named_modules() if n in set(targets))
     if config.merge and quantised:
         raise ConfigError("merge=True: LoRA adapters cannot be merged into AWQ 4-bit weights. Fix: keep the adapter "
@@ -137,7 +155,9 @@ def recover_lora(model: Any, tokenizer: Any, train_data: Any = None, config: Rec
                           config.steps * config.batch_size, config.seq_len, config.seed)
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0, target_modules=targets, bias="none",
                       task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, lora)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`; not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, lora)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     steps, warmup = config.steps, max(1, config.steps // 20)
@@ -154,7 +174,8 @@ def recover_lora(model: Any, tokenizer: Any, train_data: Any = None, config: Rec
         index = torch.randint(0, rows.shape[0], (batch_size,), generator=generator) \
             if rows.shape[0] < steps * batch_size else torch.arange(step * batch_size, (step + 1) * batch_size)
         batch = rows[index].to(peft_model.get_input_embeddings().weight.device)  # inputs follow the embeddings
-        loss = peft_model(input_ids=batch, labels=batch, use_cache=False).loss
+        loss = training_loss(peft_model, batch, config.loss, teacher=teacher, temperature=config.temperature,
+                             distill_weight=config.distill_weight)
         if not torch.isfinite(loss):
             raise QualityGateError(f"LoRA recovery loss became {loss.item()} at step {step}; lower lr (now "
                                    f"{config.lr}).")

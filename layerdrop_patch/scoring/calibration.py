@@ -23,14 +23,11 @@ from typing import Any, Sequence
 
 import torch
 
+from layerdrop_patch.corpora import CORPORA, describe, documents
+from layerdrop_patch.embedded import path_exists
 from layerdrop_patch.errors import ConfigError, DataError, InputNotFoundError, shorten
 from layerdrop_patch.options import StageConfig, option, positive
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-BUNDLED = {
-    "c4": (DATA_DIR / "c4" / "c4_validation_2k.parquet", "bundled C4 (en) validation sample, 2000 docs"),
-    "wikitext2": (DATA_DIR / "wikitext2_raw" / "wikitext-2-raw-v1_test.txt", "bundled WikiText-2 raw test"),
-}
 FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".txt", ".text")
 _TOKENIZE_BATCH = 64  # documents tokenized per call; small enough to stop soon after enough tokens are found
 
@@ -191,13 +188,11 @@ def _dataset_texts(ds: Any, text_column: str, where: str) -> list[str]:
 
 def read_documents(source: Any, text_column: str = "text", split: str = "train", subset: str | None = None) -> tuple[list[str], str]:
     """The documents of `source` and a short name for it (see the module docstring for the accepted sources)."""
-    if isinstance(source, str) and source in BUNDLED:
-        path, label = BUNDLED[source]
-        docs = _read_path(path, "text")
-        return docs, f"{source} ({label})"
+    if isinstance(source, str) and source in CORPORA:  # only the calibration part: the rest is held out
+        return documents(source, "calibration"), f"{source} ({describe(source, 'calibration')})"
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
-        if path.exists():
+        if path_exists(path):
             return _read_path(path, text_column), str(path)
         if isinstance(source, os.PathLike) or path.suffix.lower() in FILE_SUFFIXES or str(source).startswith((".", "/", "~")):
             raise InputNotFoundError(f"calibration file {str(source)!r} does not exist; give an existing file or directory, a hub dataset name, or the bundled 'c4' / 'wikitext2'.")

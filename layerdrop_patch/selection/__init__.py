@@ -4,25 +4,36 @@
     choose_drop          any registered method -> Selection (DropConfig + history)
     select, drop_order   one-shot rankings from ImportanceScores (or a layer count for the baselines)
     iterative_select     drop one unit, re-score the pruned model, repeat
+    greedy_select        drop the unit whose removal raises the calibration loss least, repeat
+    budget_select        attention and MLP by score per unit of cost, until a share of the cost is saved
     METHODS              the registry (`register_method` adds one)
 """
 
 from typing import Any
 
 from layerdrop_patch.errors import ConfigError
+from layerdrop_patch.selection import budget as _budget  # noqa: F401  (registers "budget")
+from layerdrop_patch.selection import greedy as _greedy  # noqa: F401  (registers "greedy")
 from layerdrop_patch.selection import iterative as _iterative  # noqa: F401  (registers "iterative")
 from layerdrop_patch.selection.config import SelectionConfig
+from layerdrop_patch.selection.budget import budget_select
+from layerdrop_patch.selection.greedy import greedy_select
 from layerdrop_patch.selection.iterative import iterative_select
 from layerdrop_patch.selection.ranking import drop_order, select
 from layerdrop_patch.selection.registry import METHODS, SELECT_KINDS, Selection, SelectionInputs, register_method
 
-__all__ = ["SelectionConfig", "choose_drop", "select", "drop_order", "iterative_select", "METHODS", "SELECT_KINDS",
+__all__ = ["SelectionConfig", "choose_drop", "select", "drop_order", "iterative_select", "greedy_select", "budget_select",
+           "METHODS",
+           "SELECT_KINDS",
            "Selection", "SelectionInputs", "register_method"]
 
 
 def choose_drop(config: SelectionConfig, *, scores: Any = None, model: Any = None, calibration: Any = None,
                 progress: bool = True) -> Selection:
     """Run the method `config.method` with what it needs (see `METHODS[...].needs`); names what is missing."""
+    if config.planned:
+        raise ConfigError("a drop with a target (target_speedup, kv_budget, param_budget) is planned, not selected: "
+                          "use layerdrop_patch.planning.plan_drop, `layerdrop plan`, or a recipe.")
     method = METHODS[config.method]
     given = {"scores": scores, "model": model, "calibration": calibration}
     missing = [need for need in method.needs if given[need] is None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from layerdrop_patch.options import StageConfig, fraction, non_negative, option
+from layerdrop_patch.options import StageConfig, fraction, non_negative, option, positive
 from layerdrop_patch.scoring.metrics import DEFAULT_METRIC, METRICS
 from layerdrop_patch.selection.registry import METHODS, SELECT_KINDS
 
@@ -34,10 +34,31 @@ class SelectionConfig(StageConfig):
     protect: list[int] = option([], "Layers never dropped, e.g. 0,1.")
     keep_last: bool = option(False, "Never drop the final layer.")
     seed: int = option(0, "Seed of the random baseline.")
+    objective: str = option("lm", "What greedy selection minimises on the calibration tokens: lm (next-token "
+                            "cross-entropy) or kl (divergence from the unpruned model's predictions).",
+                            choices=("lm", "kl"))
+    shortlist: int | None = option(None, "Greedy selection: try only this many lowest-scoring candidates per step "
+                                         "(faster on deep models; None tries all).", check=positive)
+    target_speedup: float | None = option(None, "Plan the drop for this measured speed-up on a workload instead of "
+                                                "a count (layerdrop plan; recipes).", check=positive)
+    kv_budget: float | None = option(None, "Plan: keep at most this share of the KV cache (0.5 = half).",
+                                     check=fraction)
+    param_budget: float | None = option(None, "Plan: keep at most this share of the weights.", check=fraction)
+    cost: str = option("params", "What budget selection counts as saved: params (weights) or kv (KV cache).",
+                       choices=("params", "kv"))
+
+    @property
+    def planned(self) -> bool:
+        """A target was given: the drop is planned (`layerdrop_patch.planning`), not counted."""
+        return any(v is not None for v in (self.target_speedup, self.kv_budget, self.param_budget))
 
     def checks(self) -> list[str]:
         problems = []
-        if (self.n is None) == (self.ratio is None):
+        if self.planned:
+            if self.n is not None or self.ratio is not None:
+                problems.append("n / ratio: a planned drop (target_speedup, kv_budget, param_budget) chooses its own "
+                                "count; give the target or n / ratio, not both")
+        elif (self.n is None) == (self.ratio is None):
             given = "both were given" if self.n is not None else "neither was given"
             problems.append(f"n / ratio: give exactly one of n (how many units) or ratio (what fraction) to drop; "
                             f"{given}")

@@ -7,6 +7,7 @@ Dense-model tests need only peft (a core dependency). The AWQ compositions need 
 from __future__ import annotations
 
 import importlib.util
+import copy
 import json
 import math
 
@@ -121,3 +122,39 @@ def test_recovery_trains_the_kept_projections_of_every_family(case):
     assert result.targets == len(targets) and all(math.isfinite(loss) for loss in result.losses)
     changed = {n for n, p in merged.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(n.rsplit(".", 2)[-2] in leaves for n in changed)  # only the adapted projections moved
+
+
+def test_distillation_loss_is_the_tempered_kl_and_needs_a_teacher():
+    from layerdrop_patch.errors import ConfigError
+    from layerdrop_patch.recover.distill import distillation_loss
+
+    student = torch.tensor([[[2.0, 0.0, -1.0]]])
+    teacher = torch.tensor([[[0.0, 1.0, 0.5]]])
+    t = 2.0
+    p, q = torch.softmax(teacher / t, -1), torch.softmax(student / t, -1)
+    expected = float((p * (p.log() - q.log())).sum()) * t * t
+    assert float(distillation_loss(student, teacher, t)) == pytest.approx(expected, rel=1e-6)
+    assert float(distillation_loss(teacher, teacher, t)) == pytest.approx(0.0, abs=1e-7)
+    model = apply_drop(tiny_llama(num_layers=2), DropConfig(attn=[1]))
+    with pytest.raises(ConfigError, match="needs the unpruned model as teacher"):
+        recover_lora(model, None, torch.randint(0, 200, (4, 16)), steps=1, loss="distill", eval_tokens=0)
+
+
+def test_distillation_recovery_moves_the_student_towards_the_teacher_near_the_drop():
+    teacher = tiny_model("llama", 6, seed=3)
+    student = apply_drop(copy.deepcopy(teacher), DropConfig(attn=[3], mlp=[3]))
+    rows = torch.randint(1, 128, (8, 16), generator=torch.Generator().manual_seed(1))
+
+    def kl() -> float:
+        from layerdrop_patch.recover.distill import distillation_loss
+
+        with torch.no_grad():
+            return float(distillation_loss(student(rows).logits, teacher(rows).logits, 1.0))
+
+    before = kl()
+    student, result = recover_lora(student, None, rows, steps=12, batch_size=4, seq_len=16, lr=5e-3, rank=4,
+                                   loss="distill", temperature=1.0, near=1, eval_tokens=0, progress=False,
+                                   teacher=teacher)
+    assert kl() < 0.8 * before
+    assert result.targets == len(lora_target_modules(apply_drop(copy.deepcopy(teacher), DropConfig(attn=[3], mlp=[3])),
+                                                     layers={2, 3, 4}))

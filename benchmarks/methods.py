@@ -1,0 +1,397 @@
+"""Which selection method loses least at equal speed-up, by how much, and how sure are we? (issue 16)
+
+Stages, each resumable (every finished row is written to the results JSON at once, and a rerun skips it):
+  1. grid: for every kind (attn, mlp, block, joint), k and selection method, the drop it chooses and its
+     perplexity on the first `--screen-tokens` held-out WikiText-2 tokens (never calibration tokens;
+     `layerdrop_patch.corpora`); a drop two methods agree on is measured once;
+  2. confirm: the headline rows (unpruned; per `--confirm-kinds` at k = 8 the paper's cosine and the
+     best-screened method) on `--ppl-tokens` held-out tokens of WikiText-2 and of C4, paired tests against cosine;
+  3. speed: the measured speed-up of each drop shape (number of attention and MLP sublayers dropped), through
+     generate() with the KV cache, baseline and pruned interleaved in one run; rows of one shape share it;
+  4. accuracy (k = 8, `--accuracy-kinds`): tasks on `--docs` documents each, with lm-eval's stderr, for the
+     unpruned model, the paper's cosine and the best confirmed method, and a paired McNemar test of best vs cosine;
+  5. recovery: the best confirmed Attn-8 and Block-8 recovered with LoRA on the LM loss and with LoRA
+     distillation from the unpruned model, same steps and data;
+  6. report: the tables (Markdown) and a plot of quality against measured speed-up with the Pareto front.
+
+Why a screen: on a 2-core CPU one 64k-token perplexity costs ~6 minutes per corpus, and the grid has ~100 drops
+per model; the screen ranks them, the confirm stage measures the rows a conclusion rests on with full power.
+
+    python benchmarks/methods.py --model smollm2-135m
+    python benchmarks/methods.py --model gemma3-270m --ks 8 --stages grid confirm speed report
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from layerdrop_patch import DropConfig, apply_drop, load_model  # noqa: E402
+from layerdrop_patch.evaluation import EvaluationConfig, compare_generate, evaluate_model  # noqa: E402
+from layerdrop_patch.evaluation.paired import compare_accuracy, compare_perplexity  # noqa: E402
+from layerdrop_patch.evaluation.perplexity import perplexity  # noqa: E402
+from layerdrop_patch.files import atomic_write_json, atomic_write_text, save_figure  # noqa: E402
+from layerdrop_patch.plotting import pyplot  # noqa: E402
+from layerdrop_patch.scoring import CalibrationConfig, compute_importance  # noqa: E402
+from layerdrop_patch.selection import SelectionConfig, choose_drop  # noqa: E402
+from layerdrop_patch.selection.registry import to_drop_config  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METHODS = {  # name -> SelectionConfig fields (the paper's one-shot cosine is the baseline to beat)
+    "cosine": {"method": "importance", "metric": "cosine"},
+    "angular": {"method": "importance", "metric": "angular"},
+    "no-residual": {"method": "importance", "metric": "cosine_no_residual"},
+    "relative-magnitude": {"method": "importance", "metric": "relative_magnitude"},
+    "iterative": {"method": "iterative"},
+    "greedy-lm": {"method": "greedy", "objective": "lm"},
+    "greedy-kl": {"method": "greedy", "objective": "kl"},
+    "budget": {"method": "budget", "cost": "params"},
+    "random": {"method": "random", "seed": 0},
+    "reverse": {"method": "reverse"},
+    "last-k": {"method": "last-k"},
+}
+STEPWISE = {"iterative", "greedy-lm", "greedy-kl"}  # their Attn-12 order starts with their Attn-4 and Attn-8
+TASKS = ["arc_easy", "piqa", "winogrande"]
+
+
+def _load_state(path: Path) -> dict:
+    if path.is_file():
+        state = json.loads(path.read_text())
+        for row in state["rows"].values():  # results written before `max_tokens` was recorded
+            for field in ("ppl_wikitext2", "ppl_c4"):
+                if field in row and "max_tokens" not in row[field]:
+                    row[field]["max_tokens"] = 512 * len(row[field]["window_nll"])
+        return state
+    return {"rows": {}, "speed": {}, "accuracy": {}, "recovery": {}}
+
+
+def _save(path: Path, state: dict) -> None:
+    atomic_write_json(path, state)
+
+
+def _ppl(model, tok, dataset: str, tokens: int) -> dict:
+    d = perplexity(model, tok, dataset, seq_len=512, stride=512, max_tokens=tokens, progress=False,
+                   return_details=True)
+    return {"max_tokens": tokens, **{k: d[k] for k in ("perplexity", "scored_tokens", "window_nll", "window_tokens")}}
+
+
+def _prefix(result: dict, tokens: int) -> dict | None:
+    """The first `tokens` of a longer run: windows are disjoint and in order, so a prefix is exactly a shorter run."""
+    n = tokens // 512
+    if len(result["window_nll"]) < n:
+        return None
+    nll, count = result["window_nll"][:n], result["window_tokens"][:n]
+    return {"max_tokens": tokens, "perplexity": math.exp(sum(nll) / sum(count)), "scored_tokens": sum(count),
+            "window_nll": nll, "window_tokens": count}
+
+
+def _screen(model, tok, row: dict, rows: dict, tokens: int) -> dict:
+    """WikiText-2 perplexity on the first `tokens` held-out tokens; a drop already measured is not measured again."""
+    for other in [row, *rows.values()]:
+        if other["attn"] == row["attn"] and other["mlp"] == row["mlp"]:
+            for field in ("screen_wikitext2", "ppl_wikitext2"):
+                if field in other and (found := _prefix(other[field], tokens)):
+                    return found
+    return _ppl(model, tok, "wikitext2", tokens)
+
+
+def _pruned(model, row: dict):
+    return model if not (row["attn"] or row["mlp"]) else apply_drop(copy.deepcopy(model),
+                                                                    DropConfig(attn=row["attn"], mlp=row["mlp"]))
+
+
+def grid(args, model, tok, calibration, scores, state, path) -> None:
+    """Every kind x k x method, screened on `--screen-tokens` held-out WikiText-2 tokens."""
+    rows = state["rows"]
+    rows.setdefault("baseline", {"kind": "none", "k": 0, "method": "none", "attn": [], "mlp": []})
+    for kind in args.kinds:
+        for k in args.ks:
+            for name in args.methods:
+                key = f"{kind}-{k}-{name}"
+                if (name == "last-k" and kind == "joint") or (name == "budget" and kind != "joint"):
+                    continue
+                if key not in rows:
+                    rows[key] = _select(args, model, calibration, scores, state, path, kind, k, name)
+                    _save(path, state)
+    for key, row in rows.items():
+        if "screen_wikitext2" not in row:
+            start = time.perf_counter()
+            row["screen_wikitext2"] = _screen(_pruned(model, row), tok, row, rows, args.screen_tokens)
+            _save(path, state)
+            print(f"{key:28s} attn {row['attn']} mlp {row['mlp']}: WikiText-2 "
+                  f"{row['screen_wikitext2']['perplexity']:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def _select(args, model, calibration, scores, state, path, kind: str, k: int, name: str) -> dict:
+    fields = dict(METHODS[name])
+    if name.startswith("greedy"):
+        fields["shortlist"] = args.greedy_shortlist
+    start = time.perf_counter()
+    if name in STEPWISE:  # one run to the largest k; each k is a prefix of its order
+        orders = state.setdefault("orders", {})
+        if f"{kind}-{name}" not in orders:
+            selection = choose_drop(SelectionConfig(kind=kind, n=max(args.ks), **fields), scores=scores,
+                                    model=model, calibration=calibration, progress=True)
+            orders[f"{kind}-{name}"] = {"history": selection.history,
+                                        "seconds": round(time.perf_counter() - start, 1)}
+            _save(path, state)
+        history = orders[f"{kind}-{name}"]["history"][:k]
+        cfg = to_drop_config([(h["kind"], h["layer"]) for h in history], {"attn": [], "mlp": []})
+    else:
+        if name == "budget":  # the parameter share of the paper's Joint-k, allocated by score per weight
+            fields["ratio"] = state["rows"][f"joint-{k}-cosine"]["param_share"]
+        else:
+            fields["n"] = k
+        cfg = choose_drop(SelectionConfig(kind=kind, **fields), scores=scores, model=model,
+                          calibration=calibration, progress=False).drop_config
+    seconds = time.perf_counter() - start
+    pruned = apply_drop(copy.deepcopy(model), DropConfig(attn=cfg.attn, mlp=cfg.mlp))
+    removed = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in pruned.parameters())
+    return {"kind": kind, "k": k, "method": name, "attn": cfg.attn, "mlp": cfg.mlp,
+            "select_seconds": round(seconds, 1), "param_share": removed / _droppable_params(model)}
+
+
+def _best(rows: dict, kind: str, k: int, field: str = "screen_wikitext2") -> str | None:
+    candidates = [key for key, r in rows.items() if r["kind"] == kind and r["k"] == k and field in r]
+    return min(candidates, key=lambda key: rows[key][field]["perplexity"]) if candidates else None
+
+
+def confirm(args, model, tok, state, path) -> None:
+    """The headline rows on `--ppl-tokens` of WikiText-2 and C4: unpruned, and per kind (`--confirm-kinds`) at k=8
+    the paper's cosine and the best-screened method."""
+    rows = state["rows"]
+    keys = ["baseline"] + [key for kind in args.confirm_kinds
+                           for key in dict.fromkeys([f"{kind}-8-cosine", _best(rows, kind, 8)]) if key in rows]
+    for key in keys:
+        row = rows[key]
+        for dataset in ("wikitext2", "c4"):
+            field = f"ppl_{dataset}"
+            if row.get(field, {}).get("max_tokens") == args.ppl_tokens:
+                continue
+            twin = next((o[field] for o in rows.values() if o["attn"] == row["attn"] and o["mlp"] == row["mlp"]
+                         and o.get(field, {}).get("max_tokens") == args.ppl_tokens), None)
+            row[field] = twin or _ppl(_pruned(model, row), tok, dataset, args.ppl_tokens)
+            _save(path, state)
+            print(f"confirm {key:28s} {dataset}: {row[field]['perplexity']:.2f}", flush=True)
+
+
+def _droppable_params(model) -> int:
+    from layerdrop_patch.selection.budget import unit_costs
+
+    return int(sum(unit_costs(model, "params").values()))
+
+
+def speed(args, model, tok, state, path) -> None:
+    for key, row in state["rows"].items():
+        shape = f"{len(row['attn'])}a{len(row['mlp'])}m"
+        if shape in state["speed"] or key == "baseline":
+            continue
+        pruned = apply_drop(copy.deepcopy(model), DropConfig(attn=row["attn"], mlp=row["mlp"]))
+        result = compare_generate({"baseline": model, "pruned": pruned}, tok, batch_size=1, prompt_len=128,
+                                  new_tokens=64, repeats=args.speed_repeats, measure_memory=False, progress=False)
+        state["speed"][shape] = {**result["ratios"]["pruned"], "from": key}
+        _save(path, state)
+        print(f"speed {shape}: total x{result['ratios']['pruned']['total_speedup']:.3f}", flush=True)
+
+
+def accuracy(args, model, tok, state, path) -> None:
+    config = EvaluationConfig(tasks=TASKS, subsample=args.docs, perplexity=False)
+    rows, acc = state["rows"], state["accuracy"]
+    keys = ["baseline"] + [key for kind in args.accuracy_kinds if kind in args.kinds
+                           for key in dict.fromkeys([f"{kind}-8-cosine", _best(rows, kind, 8, "ppl_wikitext2")]) if key]
+    for key in keys:
+        if key in acc or key not in rows:
+            continue
+        pruned = model if key == "baseline" else apply_drop(copy.deepcopy(model),
+                                                            DropConfig(attn=rows[key]["attn"], mlp=rows[key]["mlp"]))
+        acc[key] = evaluate_model(pruned, tok, config, progress=False)
+        _save(path, state)
+        print(f"accuracy {key}: {acc[key]['average']:.4f}", flush=True)
+
+
+def recovery(args, model, tok, state, path) -> None:
+    from layerdrop_patch.recover import recover_lora
+
+    for kind in ("attn", "block"):
+        if kind not in args.kinds:
+            continue
+        key = _best(state["rows"], kind, 8, "ppl_wikitext2")
+        for loss in ("lm", "distill") if key else ():
+            name = f"{key}+lora-{loss}"
+            if name in state["recovery"]:
+                continue
+            row = state["rows"][key]
+            student = apply_drop(copy.deepcopy(model), DropConfig(attn=row["attn"], mlp=row["mlp"]))
+            start = time.perf_counter()
+            student, res = recover_lora(student, tok, "c4", steps=args.recover_steps, batch_size=4, seq_len=256,
+                                        lr=args.recover_lr, rank=8, alpha=16, loss=loss, temperature=2.0,
+                                        eval_tokens=0, teacher=model if loss == "distill" else None, progress=False)
+            state["recovery"][name] = {"from": key, "loss": loss, "steps": args.recover_steps,
+                                       "seconds": round(time.perf_counter() - start, 1),
+                                       **{f"ppl_{d}": _ppl(student, tok, d, args.ppl_tokens)
+                                          for d in ("wikitext2", "c4")}}
+            _save(path, state)
+            print(f"recovery {name}: WikiText-2 {state['recovery'][name]['ppl_wikitext2']['perplexity']:.2f}",
+                  flush=True)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.2f}" if value < 1000 else f"{value:.0f}"
+
+
+def _versus_cosine(rows: dict, key: str, field: str) -> str:
+    r = rows[key]
+    cosine = rows.get(f"{r['kind']}-{r['k']}-cosine")
+    if not cosine or cosine is r or field not in cosine or field not in r:
+        return "–"
+    test = compare_perplexity(r[field], cosine[field], names=(r["method"], "cosine"))
+    verdict = "n.s." if test.verdict.startswith("no ") else ("better" if test.verdict.startswith(r["method"])
+                                                              else "worse")
+    return verdict + f" (x{test.difference:.2f}, p={test.p_value:.2g})"
+
+
+def report(args, state, model_name: str) -> str:
+    rows, speedups = state["rows"], state["speed"]
+    base = rows["baseline"]
+    lines = [f"### {model_name}: every kind x k x method, screened on {args.screen_tokens:,} held-out WikiText-2 "
+             f"tokens (unpruned {_fmt(base['screen_wikitext2']['perplexity'])})", "",
+             "| drop | method | WikiText-2 (screen) | vs cosine (paired) | speed-up | attention / MLP dropped |",
+             "|---|---|---:|---|---:|---|"]
+    for key, r in rows.items():
+        if key == "baseline" or "screen_wikitext2" not in r:
+            continue
+        shape = speedups.get(f"{len(r['attn'])}a{len(r['mlp'])}m", {})
+        lines.append(f"| {r['kind'].capitalize()}-{r['k']} | {r['method']} | "
+                     f"{_fmt(r['screen_wikitext2']['perplexity'])} | {_versus_cosine(rows, key, 'screen_wikitext2')} | "
+                     f"{('x%.2f' % shape['total_speedup']) if shape else '–'} | {r['attn']} / {r['mlp']} |")
+    confirmed = [key for key, r in rows.items() if r.get("ppl_c4", {}).get("max_tokens") == args.ppl_tokens]
+    if confirmed:
+        lines += ["", f"Headline rows on {args.ppl_tokens:,} held-out tokens of each corpus:", "",
+                  "| drop | method | WikiText-2 | C4 | vs cosine (paired, WikiText-2) | vs cosine (paired, C4) |",
+                  "|---|---|---:|---:|---|---|"]
+        for key in confirmed:
+            r = rows[key]
+            name = "unpruned" if key == "baseline" else f"{r['kind'].capitalize()}-{r['k']}"
+            lines.append(f"| {name} | {r['method']} | {_fmt(r['ppl_wikitext2']['perplexity'])} | "
+                         f"{_fmt(r['ppl_c4']['perplexity'])} | {_versus_cosine(rows, key, 'ppl_wikitext2')} | "
+                         f"{_versus_cosine(rows, key, 'ppl_c4')} |")
+    if state["recovery"]:
+        lines += ["", "| recovered | loss | steps | WikiText-2 | C4 | vs LM-loss LoRA (paired) |", "|---|---|---:|---:|---:|---|"]
+        for name, r in state["recovery"].items():
+            other = state["recovery"].get(name.replace("distill", "lm"))
+            verdict = "–"
+            if r["loss"] == "distill" and other:
+                test = compare_perplexity(r["ppl_wikitext2"], other["ppl_wikitext2"], names=("distill", "lm"))
+                verdict = f"{test.verdict} (p={test.p_value:.2g})"
+            lines.append(f"| {r['from']} | {r['loss']} | {r['steps']} | {_fmt(r['ppl_wikitext2']['perplexity'])} | "
+                         f"{_fmt(r['ppl_c4']['perplexity'])} | {verdict} |")
+    if state["accuracy"]:
+        acc = state["accuracy"]
+        lines += ["", "| model | " + " | ".join(TASKS) + " | average | vs cosine (paired McNemar) |",
+                  "|---|" + "---:|" * (len(TASKS) + 1) + "---|"]
+        for key, result in acc.items():
+            cells = [f"{100 * result['tasks'][t]['value']:.1f} ± {100 * (result['tasks'][t]['stderr'] or 0):.1f}"
+                     for t in TASKS]
+            verdict = "–"
+            kind = rows.get(key, {}).get("kind")
+            cosine = acc.get(f"{kind}-8-cosine")
+            if cosine is not None and cosine is not result:
+                pooled = lambda res: {f"{t}:{d}": v for t in TASKS for d, v in res["tasks"][t]["per_doc"].items()}  # noqa: E731
+                test = compare_accuracy(pooled(result), pooled(cosine), names=(rows[key]["method"], "cosine"))
+                verdict = f"{test.verdict} (Δ {100 * test.difference:+.1f}, p={test.p_value:.2g})"
+            lines.append(f"| {key} | " + " | ".join(cells) + f" | {100 * result['average']:.1f} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(state, model_name: str, out: Path) -> Path:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    points = []
+    for key, r in state["rows"].items():
+        shape = state["speed"].get(f"{len(r['attn'])}a{len(r['mlp'])}m")
+        if key == "baseline" or not shape:
+            continue
+        points.append((shape["total_speedup"], r["screen_wikitext2"]["perplexity"], r["method"]))
+    methods = sorted({m for _, _, m in points})
+    cmap = plt.get_cmap("tab20")
+    for i, method in enumerate(methods):
+        xs = [x for x, _, m in points if m == method]
+        ys = [y for _, y, m in points if m == method]
+        ax.scatter(xs, ys, s=22, color=cmap(i % 20), label=method, alpha=0.85)
+    front, best = [], math.inf
+    for x, y, _ in sorted(points, key=lambda p: -p[0]):  # fastest first: keep points better than all faster ones
+        if y < best:
+            front.append((x, y))
+            best = y
+    front.sort()
+    ax.plot([x for x, _ in front], [y for _, y in front], color="black", lw=1.2, ls="--", label="Pareto front")
+    ax.axhline(state["rows"]["baseline"]["screen_wikitext2"]["perplexity"], color="#999999", lw=1, label="unpruned")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured speed-up (generate, batch 1, 128 + 64 tokens, CPU)")
+    ax.set_ylabel("held-out WikiText-2 perplexity")
+    ax.set_title(f"{model_name}: quality vs speed-up by selection method", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, frameon=False)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--kinds", nargs="+", default=["attn", "mlp", "block", "joint"])
+    parser.add_argument("--ks", nargs="+", type=int, default=[4, 8, 12])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--calibration-samples", type=int, default=8)
+    parser.add_argument("--calibration-seq-len", type=int, default=256)
+    parser.add_argument("--screen-tokens", type=int, default=8192, help="WikiText-2 tokens per grid row")
+    parser.add_argument("--ppl-tokens", type=int, default=65536, help="tokens per corpus for the headline rows")
+    parser.add_argument("--confirm-kinds", nargs="+", default=["attn", "block"], help="kinds of the headline rows")
+    parser.add_argument("--accuracy-kinds", nargs="+", default=["attn", "block"])
+    parser.add_argument("--docs", type=int, default=500, help="documents per task for the accuracy stage")
+    parser.add_argument("--speed-repeats", type=int, default=3)
+    parser.add_argument("--greedy-shortlist", type=int, default=10, help="candidates tried per greedy step")
+    parser.add_argument("--recover-steps", type=int, default=100)
+    parser.add_argument("--recover-lr", type=float, default=1e-3)
+    parser.add_argument("--stages", nargs="+", default=["grid", "confirm", "speed", "accuracy", "recovery", "report"],
+                        choices=["grid", "confirm", "speed", "accuracy", "recovery", "report"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON, Markdown and PNG go")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = args.results / f"methods_{args.model}.json"
+    state = _load_state(path)
+    state["settings"] = {k: v for k, v in vars(args).items() if k != "stages"}
+    model, tok = load_model(args.model)
+    if "grid" in args.stages:
+        calibration = CalibrationConfig(n_samples=args.calibration_samples, seq_len=args.calibration_seq_len).load(tok)
+        scores = compute_importance(model, calibration, progress=False)
+        state["calibration"] = calibration.description
+        grid(args, model, tok, calibration, scores, state, path)
+    if "confirm" in args.stages:
+        confirm(args, model, tok, state, path)
+    if "speed" in args.stages:
+        speed(args, model, tok, state, path)
+    if "accuracy" in args.stages:
+        accuracy(args, model, tok, state, path)
+    if "recovery" in args.stages:
+        recovery(args, model, tok, state, path)
+    if "report" in args.stages:
+        table = report(args, state, args.model)
+        atomic_write_text(args.results / f"methods_{args.model}.md", table)
+        plot(state, args.model, args.results / f"methods_{args.model}.png")
+        print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Loss-aware greedy selection: drop, one at a time, the unit whose removal hurts the calibration loss least.
+
+In the spirit of FinerCut (Zhang et al. 2024): instead of ranking units by how little they rotate the residual
+stream (the paper's cosine), measure what each removal does to the model's output. At every step each remaining
+candidate is removed in turn, the calibration loss of the resulting model is computed, and the cheapest
+removal is kept; the next step starts from that model. Two objectives:
+
+* ``lm``: the next-token cross-entropy on the calibration tokens;
+* ``kl``: the KL divergence from the unpruned model's next-token distribution (its log-probabilities are
+  computed once and kept, in fp16).
+
+Why it is affordable: a removal at layer l leaves layers 0..l-1 untouched, so their outputs are cached and every
+candidate runs only layers l..L-1 from the cached input of layer l; after a removal is accepted only that suffix
+is recomputed. The candidates run the exact forward a model pruned by `apply_drop` runs (the same skip code,
+with the removed branch's modules simply not called), so the losses are those of the really pruned model; the
+tests check this against `apply_drop` on a copy.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from layerdrop_patch.architectures import decoder_layers, drop_of, get_architecture
+from layerdrop_patch.errors import ConfigError
+from layerdrop_patch.modeling import modeling_layerdrop as _m
+from layerdrop_patch.scoring.calibration import as_token_tensor
+from layerdrop_patch.selection.registry import (Selection, SelectionInputs, Unit, count_for, is_gone, protected,
+                                                register_method, to_drop_config, units)
+
+__all__ = ["GreedyTrunk", "greedy_select"]
+
+_MAX_TEACHER_BYTES = 2 * 1024**3
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class GreedyTrunk:
+    """A working copy of the model that evaluates "the current drops plus one more" quickly (see the module doc).
+
+    `flags[i] = (skip_attn, skip_mlp)` is the accepted state; `inputs[i]` the cached input of layer i for each
+    batch under that state (`inputs[L]` is the final hidden state before the norm).
+    """
+
+    def __init__(self, model: Any, ids: torch.Tensor, batch_size: int, objective: str):
+        if objective not in ("lm", "kl"):
+            raise ConfigError(f"objective must be 'lm' or 'kl', got {objective!r}")
+        self.model = copy.deepcopy(model).eval()
+        self.layers = decoder_layers(self.model)
+        arch = get_architecture(self.model)
+        for layer in self.layers:  # every layer gets the skip forward, so a flag toggles a branch exactly
+            _m._mix_in(layer, _m.SkippableDecoderLayerMixin)
+            layer.layerdrop_arch = arch
+        drop = drop_of(self.model)
+        self.flags = [(i in drop.attn, i in drop.mlp) for i in range(len(self.layers))]
+        self.objective = objective
+        self.batches = list(ids.split(batch_size))
+        self.device = self.model.get_input_embeddings().weight.device
+        self.kwargs: list[list[dict]] = []
+        self.inputs: list[list[torch.Tensor]] = [[] for _ in range(len(self.layers) + 1)]
+        self.teacher: list[torch.Tensor] = []
+        if objective == "kl":
+            vocab = self.model.config.vocab_size
+            if ids.numel() * vocab * 2 > _MAX_TEACHER_BYTES:
+                raise ConfigError(f"objective 'kl' keeps the unpruned model's log-probabilities ({ids.numel()} "
+                                  f"tokens x {vocab} vocabulary in fp16 > 2 GiB); use fewer calibration tokens "
+                                  "or objective 'lm'.")
+        self._capture()
+
+    @torch.no_grad()
+    def _capture(self) -> None:
+        """One normal forward per batch records each layer's keyword inputs (masks, rotary embeddings) and input."""
+        records: list[tuple[torch.Tensor, dict]] = []
+        last: list[torch.Tensor] = []
+
+        def record_input(module, args, kwargs):
+            records.append((args[0] if args else kwargs["hidden_states"],
+                            {k: v for k, v in kwargs.items() if k not in _m.CACHE_KWARGS + ("hidden_states",)}))
+
+        handles = [layer.register_forward_pre_hook(record_input, with_kwargs=True) for layer in self.layers]
+        handles.append(self.layers[-1].register_forward_hook(lambda module, args, output: last.append(_first(output))))
+        try:
+            for batch in self.batches:
+                records.clear()
+                last.clear()
+                out = self.model.model(input_ids=batch.to(self.device), use_cache=False)
+                self.kwargs.append([kw for _, kw in records])
+                for i, (hidden, _) in enumerate(records):
+                    self.inputs[i].append(hidden)
+                self.inputs[-1].append(last[0])
+                if self.objective == "kl":
+                    logits = self.model.lm_head(out.last_hidden_state)
+                    self.teacher.append(self._softcap(logits).float().log_softmax(-1).half())
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _softcap(self, logits: torch.Tensor) -> torch.Tensor:
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    @torch.no_grad()
+    def _run(self, b: int, start: int, flags: list[tuple[bool, bool]]) -> torch.Tensor:
+        hidden = self.inputs[start][b]
+        for i in range(start, len(self.layers)):
+            layer = self.layers[i]
+            layer.skip_attn, layer.skip_mlp = flags[i]
+            hidden = _first(layer(hidden, **self.kwargs[b][i]))
+        return hidden
+
+    @torch.no_grad()
+    def _batch_loss(self, b: int, hidden: torch.Tensor) -> tuple[float, int]:
+        logits = self._softcap(self.model.lm_head(self.model.model.norm(hidden))).float()
+        targets = self.batches[b].to(logits.device)
+        if self.objective == "lm":
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                     targets[:, 1:].reshape(-1), reduction="sum")
+            return float(loss), targets[:, 1:].numel()
+        teacher = self.teacher[b].float()
+        kl = (teacher.exp() * (teacher - logits.log_softmax(-1))).sum()
+        return float(kl), targets.numel()
+
+    def loss(self, flags: list[tuple[bool, bool]] | None = None, start: int = 0) -> float:
+        """Mean loss per token of the model with `flags` (default: the accepted state), run from layer `start`."""
+        flags = flags or self.flags
+        total, count = 0.0, 0
+        for b in range(len(self.batches)):
+            value, n = self._batch_loss(b, self._run(b, start, flags))
+            total, count = total + value, count + n
+        return total / count
+
+    @torch.no_grad()
+    def accept(self, flags: list[tuple[bool, bool]], start: int) -> None:
+        """Make `flags` the accepted state and refresh the cached inputs of layers after `start`."""
+        self.flags = list(flags)
+        for b in range(len(self.batches)):
+            hidden = self.inputs[start][b]
+            for i in range(start, len(self.layers)):
+                layer = self.layers[i]
+                layer.skip_attn, layer.skip_mlp = self.flags[i]
+                hidden = _first(layer(hidden, **self.kwargs[b][i]))
+                self.inputs[i + 1][b] = hidden
+
+
+def _with(flags: list[tuple[bool, bool]], unit: Unit) -> list[tuple[bool, bool]]:
+    kind, layer = unit
+    out = list(flags)
+    attn, mlp = out[layer]
+    out[layer] = (attn or kind in ("attn", "block"), mlp or kind in ("mlp", "block"))
+    return out
+
+
+def greedy_select(model: Any, calibration: Any, kind: str, n: int | None = None, ratio: float | None = None, *,
+                  objective: str = "lm", protect=(), keep_last: bool = False, batch_size: int = 4,
+                  shortlist: int | None = None, scores: Any = None,
+                  progress: bool = True) -> tuple[Any, list[dict[str, Any]]]:
+    """(cumulative DropConfig, history) dropping n (or ratio of) `kind` units, each time the one whose removal
+    raises the calibration `objective` least. `model` is not modified.
+
+    `shortlist` (with importance `scores`): at each step only the `shortlist` remaining candidates with the
+    lowest scores are tried, a large saving on deep models for a small risk of missing the best removal.
+    """
+    if shortlist is not None and scores is None:
+        raise ConfigError("greedy shortlist needs importance scores to rank the candidates (run `layerdrop score`, "
+                          "or pass scores=...).")
+    from tqdm.auto import tqdm
+
+    ids, description = as_token_tensor(calibration)
+    trunk = GreedyTrunk(model, ids, batch_size, objective)
+    num_layers = len(trunk.layers)
+    count = count_for(kind, num_layers, n, ratio)
+    guarded = protected(num_layers, protect, keep_last)
+    history: list[dict[str, Any]] = []
+    base_loss = trunk.loss()
+    bar = tqdm(range(count), desc=f"greedy {kind} selection ({objective})", unit="drop", disable=not progress)
+    for step in bar:
+        dropped = {"attn": [i for i, f in enumerate(trunk.flags) if f[0]],
+                   "mlp": [i for i, f in enumerate(trunk.flags) if f[1]]}
+        candidates = [u for u in units(kind, num_layers) if u[1] not in guarded and not is_gone(u, dropped)]
+        if shortlist is not None:
+            candidates = sorted(candidates, key=lambda u: (scores.scores_for(u[0])[u[1]], u[1]))[:shortlist]
+        if not candidates:
+            raise ConfigError(f"greedy: after {step} drops nothing else may be dropped (n={count} requested).")
+        losses = {u: trunk.loss(_with(trunk.flags, u), start=u[1]) for u in candidates}
+        best = min(candidates, key=lambda u: (losses[u], u[1], u[0]))
+        trunk.accept(_with(trunk.flags, best), start=best[1])
+        history.append({"step": step + 1, "kind": best[0], "layer": best[1], "loss": losses[best],
+                        "loss_increase": losses[best] - (history[-1]["loss"] if history else base_loss)})
+        bar.set_postfix(dropped=f"{best[0]} {best[1]}", loss=f"{losses[best]:.4f}")
+    dropped = {"attn": [i for i, f in enumerate(trunk.flags) if f[0]],
+               "mlp": [i for i, f in enumerate(trunk.flags) if f[1]]}
+    cfg = to_drop_config([], dropped, method=f"greedy-{kind}-{objective}", metric=f"calibration {objective} loss",
+                         calibration=description, base_model=getattr(model.config, "_name_or_path", None))
+    return cfg, history
+
+
+@register_method("greedy", needs=("model", "calibration"),
+                 description="loss-aware greedy: drop the unit whose removal raises the calibration loss least "
+                             "(FinerCut-style), step by step on the pruned model")
+def _greedy(config: Any, inputs: SelectionInputs) -> Selection:
+    scores = inputs.scores.with_metric(config.metric) if inputs.scores is not None else None
+    cfg, history = greedy_select(inputs.model, inputs.calibration, config.kind, config.n, config.ratio,
+                                 objective=config.objective, protect=config.protect, keep_last=config.keep_last,
+                                 shortlist=config.shortlist, scores=scores, progress=inputs.progress)
+    return Selection(cfg, history)

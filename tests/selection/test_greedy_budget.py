@@ -1,0 +1,106 @@
+"""Greedy (loss-aware) and budget selection against independent computations: a brute-force greedy that really
+prunes a copy of the model for every candidate, and hand-computed score-per-cost orders."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from layerdrop_patch import DropConfig, apply_drop
+from layerdrop_patch.errors import ConfigError
+from layerdrop_patch.scoring import ImportanceScores
+from layerdrop_patch.selection import SelectionConfig, budget_select, choose_drop, greedy_select
+from layerdrop_patch.selection.budget import unit_costs
+from tests.conftest import ARCHITECTURE_CASES, tiny_model
+
+IDS = torch.randint(1, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+
+
+def _loss(model, objective, teacher=None) -> float:
+    with torch.no_grad():
+        logits = model(IDS).logits.float()
+    if objective == "lm":
+        return float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                       IDS[:, 1:].reshape(-1)))
+    p = teacher.log_softmax(-1)
+    return float((p.exp() * (p - logits.log_softmax(-1))).sum() / IDS.numel())
+
+
+def brute_force_greedy(base, kind, n, objective):
+    """Independent reference: for every candidate, apply_drop on a fresh copy and compute the loss directly."""
+    with torch.no_grad():
+        teacher = base(IDS).logits.float()
+    attn, mlp, order = set(), set(), []
+    for _ in range(n):
+        best = None
+        for layer in range(base.config.num_hidden_layers):
+            for k in (("attn", "mlp") if kind == "joint" else (kind,)):
+                if (k == "attn" and layer in attn) or (k == "mlp" and layer in mlp):
+                    continue
+                cand = DropConfig(attn=sorted(attn | ({layer} if k == "attn" else set())),
+                                  mlp=sorted(mlp | ({layer} if k == "mlp" else set())))
+                loss = _loss(apply_drop(copy.deepcopy(base), cand), objective, teacher)
+                if best is None or loss < best[0] - 1e-9:
+                    best = (loss, k, layer)
+        order.append((best[1], best[2], best[0]))
+        (attn if best[1] == "attn" else mlp).add(best[2])
+    return order
+
+
+@pytest.mark.parametrize("objective", ["lm", "kl"])
+@pytest.mark.parametrize("case", [c.values[0] for c in (ARCHITECTURE_CASES[0], ARCHITECTURE_CASES[6],
+                                                          ARCHITECTURE_CASES[7])], ids=["llama", "gemma3", "phi3"])
+def test_greedy_matches_a_brute_force_that_really_prunes(case, objective):
+    model_type, overrides = case
+    base = tiny_model(model_type, 5, **overrides)
+    cfg, history = greedy_select(base, IDS, "joint", n=3, batch_size=2, objective=objective, progress=False)
+    expected = brute_force_greedy(base, "joint", 3, objective)
+    assert [(h["kind"], h["layer"]) for h in history] == [(k, layer) for k, layer, _ in expected]
+    tolerance = 1e-4 if objective == "lm" else 3e-3  # the unpruned log-probabilities are kept in fp16
+    for h, (_, _, loss) in zip(history, expected):
+        assert h["loss"] == pytest.approx(loss, rel=tolerance, abs=1e-6)
+    assert cfg.method == f"greedy-joint-{objective}" and cfg.num_dropped == 3
+
+
+def test_greedy_through_choose_drop_respects_protect_and_earlier_drops():
+    base = apply_drop(tiny_model("llama", 6), DropConfig(attn=[2]))
+    config = SelectionConfig(kind="attn", n=2, method="greedy", protect=[0, 5])
+    selection = choose_drop(config, model=base, calibration=IDS, progress=False)
+    assert 2 in selection.drop_config.attn and len(selection.drop_config.attn) == 3
+    assert not {0, 5} & set(h["layer"] for h in selection.history)
+    with pytest.raises(ConfigError, match="needs model and calibration|needs calibration"):
+        choose_drop(config, model=base)
+
+
+def _scores(attn, mlp):
+    n = len(attn)
+    return ImportanceScores({"cosine": {"attn": attn, "mlp": mlp, "block": [math.nan] * n}}, model_name="t")
+
+
+def test_budget_takes_units_by_score_per_cost_until_the_share_is_saved():
+    scores = _scores(attn=[0.10, 0.02, 0.30], mlp=[0.20, 0.08, 0.04])
+    costs = {("attn", i): 1.0 for i in range(3)} | {("mlp", i): 2.0 for i in range(3)}
+    # score / cost: a1 0.02, m2 0.02 (tie -> shallower first: a1), m1 0.04, a0 0.10, m0 0.10, a2 0.30
+    cfg, order = budget_select(scores, costs, "joint", ratio=5 / 9)
+    assert [(o["kind"], o["layer"]) for o in order] == [("attn", 1), ("mlp", 2), ("mlp", 1)]
+    assert (cfg.attn, cfg.mlp) == ([1], [1, 2]) and order[-1]["saved"] == pytest.approx(5 / 9)
+    kv_only = {("attn", i): 10.0 for i in range(3)} | {("mlp", i): 0.0 for i in range(3)}
+    cfg, _ = budget_select(scores, kv_only, "joint", ratio=0.5)
+    assert cfg.mlp == [] and cfg.attn == [0, 1]
+    with pytest.raises(ConfigError, match="ratio"):
+        budget_select(scores, costs, "joint", ratio=0)
+
+
+def test_budget_costs_come_from_the_model():
+    model = tiny_model("llama", 3)  # TINY: hidden 64, intermediate 96, 4 heads, 2 kv heads, head_dim 16
+    params = unit_costs(model, "params")
+    assert params[("attn", 0)] == 64 * 64 + 2 * (2 * 16 * 64) + 64 * 64
+    assert params[("mlp", 0)] == 3 * 64 * 96
+    kv = unit_costs(model, "kv")
+    assert kv[("attn", 1)] == 2 * 2 * 16 and kv[("mlp", 1)] == 0
+    scores = _scores([0.1, 0.2, 0.3], [0.1, 0.2, 0.3])
+    cfg = choose_drop(SelectionConfig(kind="joint", ratio=0.2, method="budget"), scores=scores, model=model).drop_config
+    assert cfg.mlp == [0] and cfg.attn == []  # equal scores: the MLP saves more weights per unit of score lost
