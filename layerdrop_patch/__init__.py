@@ -8,11 +8,12 @@ The public API, all importable from here:
     load_calibration, compute_importance         calibration tokens; per-layer importance scores
     ImportanceScores, select, choose_drop        choosing what to drop (one-shot, iterative, baselines, ...)
     evaluate, perplexity                         lm-eval with the paper's settings; WikiText-2/C4 perplexity
+    plan_drop                                    the drop for a speed-up / KV / weight target, verified by measurement
     export, push_to_hub                          vLLM / llama.cpp / standard exports; Hub publishing
     LayerdropError                               the one error family for bad input
 
 Layout: the core (config, patch, checkpoint, models, modeling/) at the top; one package per stage (scoring,
-selection, recover, quantize, evaluation, export, publish, run), each with one typed config; cli/ on top.
+selection, planning, recover, quantize, evaluation, export, publish, run), each with one typed config; cli/ on top.
 
 Heavy modules (lm-eval, huggingface_hub, gguf) are imported on first use, so `import layerdrop_patch` stays fast.
 """
@@ -49,6 +50,7 @@ _LAZY = {
     "quantize_awq": "layerdrop_patch.quantize",
     "QuantizeConfig": "layerdrop_patch.quantize",
     "run_recipe": "layerdrop_patch.run",
+    "plan_drop": "layerdrop_patch.planning",
 }
 
 __all__ = ["DropConfig", "apply_drop", "from_pretrained", "save_pretrained", "LayerdropError", "__version__", *_LAZY]

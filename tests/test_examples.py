@@ -16,6 +16,7 @@ ARGS = {
     "drop_at_load_time.py": ["--model", "smollm2-135m"],  # the Hub id is its default; CI has no Hub
     "export_for_engines.py": ["--out", "{tmp}/exports"],
     "recipe_from_python.py": ["--out", "{tmp}/run"],
+    "plan_for_speed.py": ["--target", "1.05", "--prompt-len", "32", "--new-tokens", "8"],
 }
 
 

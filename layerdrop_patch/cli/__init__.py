@@ -2,6 +2,7 @@
 
 Commands (each `--help` has examples; options come from the stage configs, see `cli/options.py`):
     score, drop, eval, bench           decide what to drop, drop it, measure it      (cli/analyse.py)
+    plan                               the drop for a speed-up / KV / weight target  (cli/plan.py)
     quantize, recover, export, push    AWQ, LoRA recovery, serving formats, the Hub  (cli/ship.py)
     recipe run|validate                whole runs from YAML, resumable                (cli/recipe.py)
     demo                               the end-to-end story on the embedded model     (run/demo.py)
@@ -15,7 +16,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from layerdrop_patch.cli import analyse, render, ship
+from layerdrop_patch.cli import analyse, plan, render, ship
 from layerdrop_patch.cli.common import console, handle_errors
 from layerdrop_patch.cli.options import with_configs
 from layerdrop_patch.cli.recipe import recipe_app
@@ -36,6 +37,7 @@ def _main() -> None:
 
 
 analyse.register(app)
+plan.register(app)
 ship.register(app)
 app.add_typer(recipe_app, name="recipe")
 

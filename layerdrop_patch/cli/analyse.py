@@ -19,6 +19,7 @@ from layerdrop_patch.evaluation.bench import BenchConfig
 from layerdrop_patch.evaluation.suite import EvaluationConfig
 from layerdrop_patch.models import LoadConfig
 from layerdrop_patch.scoring.calibration import CalibrationConfig
+from layerdrop_patch.scoring.robustness import RobustnessConfig
 from layerdrop_patch.selection.config import SelectionConfig
 
 _CALIBRATION_FOR_DROP = (CalibrationConfig, {"exclude": ("batch_size", "seed")})  # --seed is the selection's
@@ -26,28 +27,50 @@ _CALIBRATION_FOR_DROP = (CalibrationConfig, {"exclude": ("batch_size", "seed")})
 
 @handle_errors
 @with_configs(calibration=CalibrationConfig, load=LoadConfig,
-              selection=(SelectionConfig, {"only": ("metric",), "partial": True}))
+              selection=(SelectionConfig, {"only": ("metric",), "partial": True}),
+              robustness=(RobustnessConfig, {"only": ("sources", "sample_counts", "k_attn", "k_mlp", "k_block"),
+                                             "partial": True}))
 def score(
     model: str = typer.Argument("smollm2-135m", help=MODEL_HELP),
     out: Path = typer.Option(Path("layerdrop_scores"), "--out", "-o", help="Directory for scores.json and the PNGs."),
     offload: bool = typer.Option(False, help="Stream one decoder layer at a time (models larger than memory)."),
     plot_kind: str = typer.Option("joint", help="Which drop order drop_order.png shows: attn | mlp | block | joint."),
-    calibration=None, load=None, selection=None,
+    robustness_run: bool = typer.Option(False, "--robustness", help="Score on every --sources x --sample-counts "
+                                        "setting instead (--seq-len, --seed, --batch-size, --metric apply; "
+                                        "--calibration and --n-samples do not) and report how well they agree."),
+    calibration=None, load=None, selection=None, robustness=None,
 ):
     """Score every attention, MLP and block by how little it changes its input (1 - cos, one pass).
 
-    Writes OUT/scores.json, OUT/importance.png (per-layer scores) and OUT/drop_order.png.
+    Writes OUT/scores.json, OUT/importance.png (per-layer scores) and OUT/drop_order.png. With --robustness:
+    OUT/robustness.json (rank correlations and overlap of the k lowest, every pair of settings),
+    OUT/robustness_by_source.png and OUT/robustness_by_samples.png (He et al. Figs. 3 and 10).
 
     Examples:
 
       layerdrop score smollm2-135m --n-samples 16 --seq-len 256 -o scores/
 
       layerdrop score mistralai/Mistral-7B-v0.1 --n-samples 256 --seq-len 2048 --dtype bfloat16 --device-map auto
+
+      layerdrop score smollm2-135m --robustness --sources c4,wikitext2,my_text.jsonl --sample-counts 4,16,64
+      --seq-len 256 --k-attn 8 -o robustness/
     """
     from layerdrop_patch.models import load_model
     from layerdrop_patch.run import pipeline
 
+    if robustness_run:  # options are checked before the model is loaded
+        config = RobustnessConfig(**vars(robustness), seq_len=calibration.seq_len, seed=calibration.seed,
+                                  batch_size=calibration.batch_size, metric=selection.metric)
     m, tok = load_model(model, load)
+    if robustness_run:
+        from layerdrop_patch.scoring.robustness import score_robustness
+
+        result = score_robustness(m, tok, config, offload=offload, model_name=model)
+        result.save(out)
+        console.print(render.robustness_table(result))
+        console.print(f"wrote {out}/robustness.json, robustness_by_source.png, robustness_by_samples.png",
+                      highlight=False)
+        return
     cal = calibration.load(tok)
     console.print(f"calibration: {cal.description}", highlight=False)
     scores = pipeline.score_model(m, cal, out, metric=selection.metric, batch_size=calibration.batch_size,
@@ -153,8 +176,14 @@ def eval_(
         del m
     atomic_write_json(out / "eval.json", columns)
     atomic_write_text(out / "eval_table.md", eval_table_markdown(columns))
-    console.print(render.eval_table(columns))
-    console.print(f"wrote {out}/eval.json and eval_table.md", highlight=False)
+    paired = None
+    if len(columns) == 2:  # is the second model really better or worse, on these documents?
+        from layerdrop_patch.evaluation.paired import compare_evaluations
+
+        paired = compare_evaluations(*columns.values(), names=tuple(columns))
+        atomic_write_json(out / "paired.json", paired)
+    console.print(render.eval_table(columns, paired=paired))
+    console.print(f"wrote {out}/eval.json, eval_table.md{', paired.json' if paired else ''}", highlight=False)
 
 
 @handle_errors
@@ -164,21 +193,31 @@ def bench(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write bench.json here."),
     bench=None, load=None,
 ):
-    """Decode speed and KV-cache bytes through generate() with the KV cache, models side by side.
+    """Prefill and decode throughput and KV-cache bytes, models side by side (interleaved) in one engine.
 
-    Example:
+    --engine transformers times generate() of the patched models; vllm and llama.cpp serve each model's export
+    (standard or DeciLM; GGUF) in a worker process of the Python that has the engine (--engine-python).
+    --dtype is the dtype the models are loaded, exported and served in.
+
+    Examples:
 
       layerdrop bench smollm2-135m smol-attn4 --new-tokens 64 --repeats 5
+
+      layerdrop bench smollm2-135m smol-attn8 --engine vllm --engine-python .cache/engines/bin/python
+      --batch-size 16 --prompt-len 200 --new-tokens 64 --threads 1 -o bench-vllm/
+
+      layerdrop bench smollm2-135m smol-attn8 --engine llama.cpp --gguf-type q8_0 --batch-size 4
     """
-    from layerdrop_patch.evaluation.bench import compare_generate
+    from layerdrop_patch.evaluation.bench import compare_engine
     from layerdrop_patch.files import atomic_write_json
     from layerdrop_patch.models import load_model
 
     loaded, tok = {}, None
     for name in models:
-        loaded[name], t = load_model(name, load)
+        loaded[name], t = load_model(name, load, tokenizer="optional")
         tok = tok or t
-    result = compare_generate(loaded, tok, bench, measure_memory=False)
+    result = compare_engine(loaded, tok, bench)
+    result["settings"]["models"] = list(models)
     console.print(render.bench_table(result))
     if out is not None:
         atomic_write_json(Path(out) / "bench.json", result)

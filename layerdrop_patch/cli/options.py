@@ -8,7 +8,8 @@ as the config's own one-line error naming the option. Lists are comma-separated 
 
 Spec options: `only` / `exclude` (field names), `prefix` (for fields that would collide across configs),
 `lazy` (pass a builder instead, for commands where the config is only needed in some modes), `partial` (pass just
-the chosen fields, each validated, as a namespace: for a command that takes a few of a stage's options).
+the chosen fields, each validated, as a namespace: for a command that takes a few of a stage's options),
+`defaults` (a command whose purpose implies another default, e.g. `plan` considers every kind: {"kind": "joint"}).
 """
 
 from __future__ import annotations
@@ -54,11 +55,12 @@ def _flag(prefix: str, field: dataclasses.Field) -> str:
     return "--" + (prefix + field.name).replace("_", "-")
 
 
-def _option(cls: type, field: dataclasses.Field, prefix: str) -> tuple[Any, Any]:
+def _option(cls: type, field: dataclasses.Field, prefix: str, defaults: dict) -> tuple[Any, Any]:
     """(annotation, typer.Option) for one config field."""
     args = _members(field_type(cls, field))
     kind = args[0] if len(args) == 1 else float  # int | float -> float
     default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    default = defaults.get(field.name, default)
     help_text = field.metadata.get("help", "")
     choices = field_choices(field)
     if choices:
@@ -101,7 +103,7 @@ def with_configs(**specs: Any) -> Callable:
                 if pname in added or pname in signature.parameters:
                     raise TypeError(f"{fn.__name__}: option --{pname} comes from two configs; give one a prefix "
                                     "or exclude it")
-                annotation, default = _option(cls, field, opts.get("prefix", ""))
+                annotation, default = _option(cls, field, opts.get("prefix", ""), opts.get("defaults", {}))
                 params.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=default,
                                                 annotation=annotation))
                 added[pname] = (name, cls, field)

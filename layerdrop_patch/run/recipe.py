@@ -4,6 +4,9 @@
     dtype: float32                   # LoadConfig: dtype, device_map
     calibration: {...}               # CalibrationConfig
     drop: {kind, n | ratio, ...}     # SelectionConfig                             (required)
+                                     # ... or a target: {target_speedup: 1.3} (planned, see `plan`, `bench`)
+    plan: {...}                      # PlanConfig       (optional: how a target is planned)
+    bench: {...}                     # BenchConfig      (optional: the workload a target is planned for)
     recover: {...}                   # RecoveryConfig   (optional: LoRA recovery)
     quantize: {...}                  # QuantizeConfig   (optional: AWQ)
     evaluate: {...}                  # EvaluationConfig
@@ -26,8 +29,10 @@ from typing import Any
 import yaml
 
 from layerdrop_patch.errors import InputNotFoundError, RecipeError, shorten
+from layerdrop_patch.evaluation.bench import BenchConfig
 from layerdrop_patch.evaluation.suite import EvaluationConfig
 from layerdrop_patch.models import LoadConfig
+from layerdrop_patch.planning import PlanConfig
 from layerdrop_patch.quantize.awq import QuantizeConfig
 from layerdrop_patch.recover.lora import RecoveryConfig
 from layerdrop_patch.scoring.calibration import CalibrationConfig
@@ -38,9 +43,9 @@ __all__ = ["Recipe", "load_recipe", "parse_yaml", "apply_overrides", "MAX_RECIPE
 MAX_RECIPE_BYTES = 256 * 1024
 MAX_DEPTH = 32
 MAX_EXPANDED_NODES = 20_000
-SECTIONS = {"calibration": CalibrationConfig, "drop": SelectionConfig, "recover": RecoveryConfig,
-            "quantize": QuantizeConfig, "evaluate": EvaluationConfig}
-OPTIONAL_SECTIONS = ("recover", "quantize")
+SECTIONS = {"calibration": CalibrationConfig, "drop": SelectionConfig, "plan": PlanConfig, "bench": BenchConfig,
+            "recover": RecoveryConfig, "quantize": QuantizeConfig, "evaluate": EvaluationConfig}
+OPTIONAL_SECTIONS = ("plan", "bench", "recover", "quantize")
 TOP_LEVEL = {"model": "hub id, local directory or `smollm2-135m`", "name": "a name for the run (default: the file "
              "name)", "output": "output directory (default runs/<name>)"}
 
@@ -159,6 +164,8 @@ class Recipe:
     output: str | None = None
     load: LoadConfig = dataclasses.field(default_factory=LoadConfig)
     calibration: CalibrationConfig = dataclasses.field(default_factory=CalibrationConfig)
+    plan: PlanConfig | None = None
+    bench: BenchConfig | None = None
     recover: RecoveryConfig | None = None
     quantize: QuantizeConfig | None = None
     evaluate: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)

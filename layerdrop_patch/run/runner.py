@@ -34,7 +34,11 @@ _HASHED_WHOLE = 64 * 1024 * 1024  # larger files are fingerprinted by size plus 
 
 
 def plan_steps(recipe: Recipe) -> list[str]:
-    steps = ["score"] if "scores" in METHODS[recipe.drop.method].needs else []
+    if recipe.drop.planned:  # a target: planned from scores unless the plan measures losses itself
+        needs_scores = (recipe.plan.quality if recipe.plan else "scores") == "scores"
+    else:
+        needs_scores = "scores" in METHODS[recipe.drop.method].needs
+    steps = ["score"] if needs_scores else []
     if recipe.evaluate.baseline:
         steps.append("evaluate_baseline")
     steps.append("drop")
@@ -55,7 +59,7 @@ def fingerprints(recipe: Recipe, steps: list[str]) -> dict[str, str]:
     if "score" in steps:
         fp["score"] = chain = _digest(chain, r["calibration"], r["drop"]["metric"])
     fp["evaluate_baseline"] = _digest(base, r["evaluate"])
-    fp["drop"] = chain = _digest(chain, r["drop"], r["calibration"])
+    fp["drop"] = chain = _digest(chain, r["drop"], r["calibration"], r.get("plan"), r.get("bench"))
     for step in ("recover", "quantize"):
         if step in steps:
             fp[step] = chain = _digest(chain, r[step], r["calibration"])

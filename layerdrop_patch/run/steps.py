@@ -42,15 +42,31 @@ def _drop(run, steps) -> dict:
     drop = run.recipe.drop
     model, tok = run.base_model()
     scores = ImportanceScores.load(run.out / "scores.json") if "score" in steps else None
-    calibration = run.calibration() if "calibration" in METHODS[drop.method].needs else None
-    selection = pipeline.choose_and_record(drop, scores=scores, model=model, calibration=calibration,
-                                           progress=run.progress, out_dir=run.out)
-    cfg = selection.drop_config
+    outputs = ["drop_config.json", "model-dropped"]
+    if drop.planned:
+        from layerdrop_patch.config import DropConfig
+        from layerdrop_patch.evaluation.bench import BenchConfig
+        from layerdrop_patch.planning import PlanConfig, plan_drop
+
+        planning = run.recipe.plan or PlanConfig()
+        plan = plan_drop(model, tok, drop, run.recipe.bench or BenchConfig(), planning, scores=scores,
+                         calibration=run.calibration() if planning.quality == "loss" else None,
+                         model_name=run.recipe.model, progress=run.progress)
+        atomic_write_json(run.out / "plan.json", plan.to_dict())
+        cfg = DropConfig.from_dict(plan.drop_config)
+        atomic_write_json(run.out / "drop_config.json", cfg.to_dict())
+        outputs.append("plan.json")
+        run.log(f"    planned for x{drop.target_speedup}: predicted x{plan.predicted_speedup:.3f}, measured "
+                f"{'x%.3f' % plan.measured_speedup if plan.measured_speedup else 'not measured'}")
+    else:
+        calibration = run.calibration() if "calibration" in METHODS[drop.method].needs else None
+        cfg = pipeline.choose_and_record(drop, scores=scores, model=model, calibration=calibration,
+                                         progress=run.progress, out_dir=run.out).drop_config
     plot = run.out / "importance.png"
     result = pipeline.drop_and_save(model, tok, cfg, run.out / "model-dropped", base_model=run.recipe.model,
                                     scores_plot=plot if plot.is_file() else None, overwrite=True)
     run.log(f"    dropped {cfg.describe()} ({cfg.num_dropped} sublayers); checkpoint: model-dropped/")
-    result.update(checkpoint="model-dropped", outputs=["drop_config.json", "model-dropped"])
+    result.update(checkpoint="model-dropped", outputs=outputs)
     run.set_model(model, tok, result)
     return result
 
@@ -58,9 +74,12 @@ def _drop(run, steps) -> dict:
 def _recover(run, steps) -> dict:
     from layerdrop_patch.recover import plot_loss_curve, recover_lora
 
+    from layerdrop_patch.models import load_model
+
     config = run.recipe.recover
     model, tok = run.current_model(steps, "recover")
-    model, res = recover_lora(model, tok, config=config, progress=run.progress)
+    teacher = load_model(run.recipe.model, run.recipe.load, tokenizer=False)[0] if config.loss != "lm" else None
+    model, res = recover_lora(model, tok, config=config, teacher=teacher, progress=run.progress)
     out = run.out / "model-recovered"
     result = {"ppl_before": res.ppl_before, "ppl_after": res.ppl_after, "steps": res.steps, "seconds": res.seconds,
               "merged": res.merged, "final_loss": res.losses[-1] if res.losses else None}

@@ -1,0 +1,134 @@
+"""Plans for speed targets against the paper's fixed-k drops (issue 17): quality vs measured speed-up.
+
+For each model: `plan_drop` for every target (transformers engine on this machine, one workload), each plan's
+predicted and measured speed-up and its prediction error; beside them the paper's fixed-k drops (Attn-k, MLP-k,
+Block-k by one-shot cosine), measured on the same workload; held-out WikiText-2 perplexity for all. Writes
+benchmarks/results/planning_<model>.json, a Markdown table and a plot (quality against measured speed-up).
+
+    python benchmarks/planning.py --model smollm2-135m --targets 1.1 1.2 1.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from layerdrop_patch import DropConfig, apply_drop, load_model  # noqa: E402
+from layerdrop_patch.evaluation.bench import BenchConfig, compare_engine  # noqa: E402
+from layerdrop_patch.evaluation.perplexity import perplexity  # noqa: E402
+from layerdrop_patch.files import atomic_write_json, atomic_write_text, save_figure  # noqa: E402
+from layerdrop_patch.planning import PlanConfig, fit_cost_model, measure_profile, plan_drop  # noqa: E402
+from layerdrop_patch.plotting import COLORS, pyplot  # noqa: E402
+from layerdrop_patch.scoring import CalibrationConfig, compute_importance  # noqa: E402
+from layerdrop_patch.selection import SelectionConfig, select  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--targets", nargs="+", type=float, default=[1.1, 1.2, 1.3])
+    parser.add_argument("--ks", nargs="+", type=int, default=[4, 8, 12])
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ppl-tokens", type=int, default=16384)
+    parser.add_argument("--quality", default="scores", choices=["scores", "loss"])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok = load_model(args.model)
+    workload = BenchConfig(batch_size=args.batch_size, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                           repeats=args.repeats)
+    calibration = CalibrationConfig(n_samples=16, seq_len=256).load(tok)
+    scores = compute_importance(model, calibration, progress=False)
+
+    def ppl(m) -> float:
+        return perplexity(m, tok, "wikitext2", seq_len=512, stride=512, max_tokens=args.ppl_tokens, progress=False)
+
+    result = {"model": args.model, "workload": workload.to_dict(), "baseline_ppl": ppl(model), "plans": [],
+              "fixed": []}
+    profile = measure_profile(model, tok, workload, model_name=args.model, use_cache=False, progress=False)
+    result["profile"] = profile.to_dict()
+    result["cost_model"] = fit_cost_model(profile, model.config).to_dict()
+    for target in args.targets:
+        plan = plan_drop(model, tok, SelectionConfig(kind="joint", target_speedup=target), workload,
+                         PlanConfig(quality=args.quality), scores=scores, calibration=calibration,
+                         model_name=args.model, progress=False)
+        pruned = apply_drop(copy.deepcopy(model), DropConfig.from_dict(plan.drop_config))
+        result["plans"].append({**plan.to_dict(), "ppl": ppl(pruned)})
+        print(f"plan x{target}: predicted x{plan.predicted_speedup:.3f}, measured x{plan.measured_speedup:.3f} "
+              f"({plan.prediction_error:+.1%}), ppl {result['plans'][-1]['ppl']:.2f}, attn {plan.drop_config['attn']} "
+              f"mlp {plan.drop_config['mlp']}", flush=True)
+    fixed = {f"{kind.capitalize()}-{k}": select(scores, kind, n=k) for kind in ("attn", "mlp", "block")
+             for k in args.ks}
+    models = {"baseline": model, **{name: apply_drop(copy.deepcopy(model), cfg) for name, cfg in fixed.items()}}
+    speed = compare_engine(models, tok, workload, progress=False)
+    for name, cfg in fixed.items():
+        result["fixed"].append({"name": name, "attn": cfg.attn, "mlp": cfg.mlp, "ppl": ppl(models[name]),
+                                "measured_speedup": speed["ratios"][name]["total_speedup"],
+                                "predicted_speedup": profile.speedup(cfg)})
+        print(f"{name}: measured x{result['fixed'][-1]['measured_speedup']:.3f}, ppl {result['fixed'][-1]['ppl']:.2f}",
+              flush=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.results / f"planning_{args.model}.json", result)
+    atomic_write_text(args.results / f"planning_{args.model}.md", table(result))
+    plot(result, args.results / f"planning_{args.model}.png")
+    print(table(result))
+
+
+def table(result: dict) -> str:
+    w = result["workload"]
+    lines = [f"### {result['model']}: plans vs fixed-k drops (transformers, batch {w['batch_size']}, "
+             f"{w['prompt_len']} + {w['new_tokens']} tokens; unpruned WikiText-2 perplexity "
+             f"{result['baseline_ppl']:.2f})", "",
+             "| drop | target | predicted | measured | prediction error | WikiText-2 | attention / MLP dropped |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for p in result["plans"]:
+        d = p["drop_config"]
+        lines.append(f"| plan | x{p['target_speedup']:.2f} | x{p['predicted_speedup']:.3f} | x{p['measured_speedup']:.3f} "
+                     f"| {100 * p['prediction_error']:+.1f}% | {p['ppl']:.2f} | {d['attn']} / {d['mlp']} |")
+    for f in result["fixed"]:
+        error = f["predicted_speedup"] / f["measured_speedup"] - 1
+        lines.append(f"| {f['name']} (cosine) | – | x{f['predicted_speedup']:.3f} | x{f['measured_speedup']:.3f} | "
+                     f"{100 * error:+.1f}% | {f['ppl']:.2f} | {f['attn']} / {f['mlp']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> Path:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for kind, color in (("Attn", COLORS["attn"]), ("Mlp", COLORS["mlp"]), ("Block", COLORS["block"])):
+        rows = [f for f in result["fixed"] if f["name"].startswith(kind)]
+        ax.plot([f["measured_speedup"] for f in rows], [f["ppl"] for f in rows], "o-", color=color, ms=4,
+                label=f"{kind}-k (paper, cosine)")
+    plans = result["plans"]
+    ax.scatter([p["measured_speedup"] for p in plans], [p["ppl"] for p in plans], marker="*", s=140,
+               color=COLORS["joint"], label="plan for target", zorder=3)
+    for p in plans:
+        ax.annotate(f"x{p['target_speedup']:.1f}", (p["measured_speedup"], p["ppl"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
+    ax.axhline(result["baseline_ppl"], color="#999999", lw=1, label="unpruned")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured speed-up (generate, CPU)")
+    ax.set_ylabel("held-out WikiText-2 perplexity")
+    ax.set_title(f"{result['model']}: plans for a speed target vs fixed-k drops", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()
