@@ -5,10 +5,12 @@ Users do not want "drop 8 attention layers"; they want "1.3x faster for my workl
 possible". Each layer offers four choices: keep it, drop its attention, drop its MLP, drop the whole block. Each
 choice has a quality cost (importance scores, or the loss increase of removing it alone on calibration tokens)
 and savings: seconds per request from the measured cost profile, KV-cache bytes, weight bytes. The planner
-solves this multiple-choice knapsack exactly by dynamic programming over the layers (each constraint's progress
-discretised into `_BINS` steps, rounded down, so a plan that fits the bins meets the target). Then it measures:
-the plan and the unpruned model are timed side by side; if the measured speed-up falls short of the target by
-more than `slack`, the target is raised by the shortfall and the plan made again (`refine` rounds).
+solves this multiple-choice knapsack by dynamic programming over the layers: partial plans are merged when each
+constraint's exact running saving falls in the same of `_BINS` steps (the cheapest is kept), and a plan is only
+accepted when its exact savings meet every target, so rounding neither breaks a target nor piles up over many
+units into a plan that overshoots it. Then it measures: the plan and the unpruned model are timed side by side;
+if the measured speed-up falls short of the target by more than `slack`, the target is raised by the shortfall
+and the plan made again (`refine` rounds).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from layerdrop_patch.planning.profile import CostProfile
 
 __all__ = ["Plan", "solve", "unit_quality", "verify"]
 
-_BINS = 200
+_BINS = (2000, 300, 60)  # progress steps per constraint, for one, two or three constraints at once
 _OPTIONS = {"attn": (True, False), "mlp": (False, True), "block": (True, True)}
 
 
@@ -85,27 +87,38 @@ def solve(profile: CostProfile, quality: dict[tuple[str, int], float], params: d
                       lambda o, i: sum(params[(k, i)] for k, on in zip(("attn", "mlp"), _OPTIONS[o]) if on)))
     if not needs:
         raise ConfigError("a plan needs a target: target_speedup, kv_budget or param_budget.")
-    states: dict[tuple[int, ...], tuple[float, tuple]] = {tuple(0 for _ in needs): (0.0, ())}
+    bins = _BINS[min(len(needs), len(_BINS)) - 1]
+
+    def key(saved: tuple[float, ...]) -> tuple[int, ...]:
+        return tuple(min(bins, math.floor(bins * s / req)) if req > 0 else bins for s, (_, req, _) in zip(saved, needs))
+
+    # state key: each constraint's progress in bins, taken from the exact running savings (so rounding never
+    # accumulates over many units); value: (quality cost, units removed, exact savings, choices)
+    start = tuple(0.0 for _ in needs)
+    states: dict[tuple[int, ...], tuple[float, int, tuple[float, ...], tuple]] = {key(start): (0.0, 0, start, ())}
     for i in range(profile.num_layers):
         options = [o for o in kinds if not (i in already.attn and _OPTIONS[o][0]) and
                    not (i in already.mlp and _OPTIONS[o][1]) and not math.isnan(quality.get((o, i), math.nan))]
-        nxt: dict[tuple[int, ...], tuple[float, tuple]] = dict(states)
-        for state, (cost, chosen) in states.items():
+        nxt = dict(states)
+        for cost, count, saved, chosen in states.values():
             for o in options:
-                progress = tuple(min(_BINS, s + math.floor(_BINS * saving(o, i) / req) if req > 0 else _BINS)
-                                 for s, (_, req, saving) in zip(state, needs))
-                value = cost + max(quality[(o, i)], 0.0)
-                if progress not in nxt or value < nxt[progress][0]:
-                    nxt[progress] = (value, chosen + ((o, i),))
+                total = tuple(s + saving(o, i) for s, (_, _, saving) in zip(saved, needs))
+                candidate = (cost + max(quality[(o, i)], 0.0), count + 1, total, chosen + ((o, i),))
+                k = key(total)
+                # cheaper wins; at equal cost fewer removals, then more savings (more room above the target)
+                if k not in nxt or (candidate[0], candidate[1], [-x for x in total]) < \
+                        (nxt[k][0], nxt[k][1], [-x for x in nxt[k][2]]):
+                    nxt[k] = candidate
         states = nxt
-    done = tuple(_BINS for _ in needs)
-    if done not in states:
-        reachable = max(states, key=lambda s: sum(s))
-        missing = [f"{name} (at most {100 * s / _BINS:.0f}% of the way)" for (name, _, _), s in zip(needs, reachable)
-                   if s < _BINS]
+    feasible = [v for v in states.values() if all(s >= req * (1 - 1e-12) for s, (_, req, _) in zip(v[2], needs))]
+    if not feasible:
+        reachable = max(states.values(), key=lambda v: sum(min(1.0, s / req) if req > 0 else 1.0
+                                                        for s, (_, req, _) in zip(v[2], needs)))
+        missing = [f"{name} (at most {100 * min(1.0, s / req):.0f}% of the way)"
+                   for (name, req, _), s in zip(needs, reachable[2]) if s < req]
         raise ConfigError(f"no drop of the allowed kinds {list(kinds)} meets {', '.join(missing)} for this workload; "
                           "allow more kinds (joint), relax the target, or protect fewer layers.")
-    cost, chosen = states[done]
+    cost, _, _, chosen = min(feasible, key=lambda v: (v[0], v[1]))
     attn = set(already.attn) | {i for o, i in chosen if _OPTIONS[o][0]}
     mlp = set(already.mlp) | {i for o, i in chosen if _OPTIONS[o][1]}
     return DropConfig(attn=sorted(attn), mlp=sorted(mlp)), cost

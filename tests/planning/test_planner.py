@@ -51,6 +51,24 @@ def test_solver_is_optimal_against_brute_force():
         assert profile.speedup(drop) >= target - 1e-9
 
 
+def test_rounding_does_not_pile_up_over_many_units():
+    # 25 equal attention units, each a little over 1/19 of what x1.25 needs: 19 of them meet the target exactly,
+    # a solver that rounds each unit's saving down (0.0527 -> 0.05) would demand 20 and overshoot
+    base, target = 2.0, 1.25
+    unit = base * (1 - 1 / target) / 19 * 1.0005
+    profile = _profile(num_layers=25, attn=(unit / 2, unit / 2), mlp=(0.0, 0.0))
+    quality = {(o, i): 1.0 for i in range(25) for o in OPTIONS}
+    params = {(k, i): 1.0 for i in range(25) for k in ("attn", "mlp")}
+    drop, cost = solve(profile, quality, params, kinds=("attn",), already=DropConfig(), target_speedup=target,
+                       kv_budget=None, param_budget=None, config=None, total_params=50)
+    assert len(drop.attn) == 19 and cost == pytest.approx(19.0)
+    assert target <= profile.speedup(drop) < target * 1.01
+    # a harder target never gets a cheaper plan than an easier one
+    costs = [solve(profile, quality, params, kinds=("attn",), already=DropConfig(), target_speedup=t, kv_budget=None,
+                   param_budget=None, config=None, total_params=50)[1] for t in (1.1, 1.2, 1.25, 1.3)]
+    assert costs == sorted(costs)
+
+
 def test_kv_and_weight_budgets_and_impossible_targets():
     profile = _profile(num_layers=4)
     quality = {(o, i): 1.0 + i for i in range(4) for o in OPTIONS}
