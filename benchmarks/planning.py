@@ -57,8 +57,8 @@ def main() -> None:
     def ppl(m) -> float:
         return perplexity(m, tok, "wikitext2", seq_len=512, stride=512, max_tokens=args.ppl_tokens, progress=False)
 
-    result = {"model": args.model, "workload": workload.to_dict(), "baseline_ppl": ppl(model), "plans": [],
-              "fixed": []}
+    # timing first (keep the machine otherwise idle until "timing done"), perplexity after
+    result = {"model": args.model, "workload": workload.to_dict(), "plans": [], "fixed": []}
     profile = measure_profile(model, tok, workload, model_name=args.model, use_cache=False, progress=False)
     result["profile"] = profile.to_dict()
     result["cost_model"] = fit_cost_model(profile, model.config).to_dict()
@@ -66,21 +66,24 @@ def main() -> None:
         plan = plan_drop(model, tok, SelectionConfig(kind="joint", target_speedup=target), workload,
                          PlanConfig(quality=args.quality), scores=scores, calibration=calibration,
                          model_name=args.model, progress=False)
-        pruned = apply_drop(copy.deepcopy(model), DropConfig.from_dict(plan.drop_config))
-        result["plans"].append({**plan.to_dict(), "ppl": ppl(pruned)})
+        result["plans"].append(plan.to_dict())
         print(f"plan x{target}: predicted x{plan.predicted_speedup:.3f}, measured x{plan.measured_speedup:.3f} "
-              f"({plan.prediction_error:+.1%}), ppl {result['plans'][-1]['ppl']:.2f}, attn {plan.drop_config['attn']} "
-              f"mlp {plan.drop_config['mlp']}", flush=True)
+              f"({plan.prediction_error:+.1%}), attn {plan.drop_config['attn']} mlp {plan.drop_config['mlp']}",
+              flush=True)
     fixed = {f"{kind.capitalize()}-{k}": select(scores, kind, n=k) for kind in ("attn", "mlp", "block")
              for k in args.ks}
     models = {"baseline": model, **{name: apply_drop(copy.deepcopy(model), cfg) for name, cfg in fixed.items()}}
     speed = compare_engine(models, tok, workload, progress=False)
     for name, cfg in fixed.items():
-        result["fixed"].append({"name": name, "attn": cfg.attn, "mlp": cfg.mlp, "ppl": ppl(models[name]),
+        result["fixed"].append({"name": name, "attn": cfg.attn, "mlp": cfg.mlp,
                                 "measured_speedup": speed["ratios"][name]["total_speedup"],
                                 "predicted_speedup": profile.speedup(cfg)})
-        print(f"{name}: measured x{result['fixed'][-1]['measured_speedup']:.3f}, ppl {result['fixed'][-1]['ppl']:.2f}",
-              flush=True)
+    print("timing done; perplexity next", flush=True)
+    result["baseline_ppl"] = ppl(model)
+    for row in result["plans"]:
+        row["ppl"] = ppl(apply_drop(copy.deepcopy(model), DropConfig.from_dict(row["drop_config"])))
+    for row in result["fixed"]:
+        row["ppl"] = ppl(models[row["name"]])
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.results / f"planning_{args.model}.json", result)
     atomic_write_text(args.results / f"planning_{args.model}.md", table(result))
