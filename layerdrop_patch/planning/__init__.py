@@ -64,13 +64,14 @@ def loss_quality(model: Any, calibration: Any, kinds: tuple[str, ...], objective
 
 
 def plan_drop(model: Any, tokenizer: Any, selection: Any, workload: Any, config: PlanConfig | None = None, *,
-              scores: Any = None, calibration: Any = None, model_name: str | None = None,
-              progress: bool = True) -> Plan:
+              scores: Any = None, calibration: Any = None, quality_table: dict | None = None,
+              model_name: str | None = None, progress: bool = True) -> Plan:
     """Plan the drop meeting `selection`'s targets on `workload` at the least predicted quality cost; verify it.
 
     `selection`: a SelectionConfig with `target_speedup`, `kv_budget` and/or `param_budget` (its `kind` says which
     units may go: joint = attention, MLP and whole blocks; its `protect` / `keep_last` are honoured).
-    `scores` (quality="scores") or `calibration` (quality="loss") give the quality signal.
+    `scores` (quality="scores") or `calibration` (quality="loss") give the quality signal; `quality_table`, the
+    output of `loss_quality` computed once, spares recomputing it when planning several targets.
     """
     config = PlanConfig.build(config)
     if selection.target_speedup is None and selection.kv_budget is None and selection.param_budget is None:
@@ -81,6 +82,8 @@ def plan_drop(model: Any, tokenizer: Any, selection: Any, workload: Any, config:
         if scores is None:
             raise ConfigError("quality 'scores' needs importance scores (compute_importance).")
         quality = unit_quality(scores.with_metric(selection.metric), num_layers)
+    elif quality_table is not None:
+        quality = dict(quality_table)
     else:
         if calibration is None:
             raise ConfigError("quality 'loss' needs calibration tokens.")
