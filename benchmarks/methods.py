@@ -138,8 +138,9 @@ def _select(args, model, calibration, scores, state, path, kind: str, k: int, na
     start = time.perf_counter()
     if name in STEPWISE:  # one run to the largest k; each k is a prefix of its order
         orders = state.setdefault("orders", {})
-        if f"{kind}-{name}" not in orders:
-            selection = choose_drop(SelectionConfig(kind=kind, n=max(args.ks), **fields), scores=scores,
+        # an order from a run with smaller --ks is too short for this k: extend it (never truncate silently)
+        if len(orders.get(f"{kind}-{name}", {}).get("history", [])) < k:
+            selection = choose_drop(SelectionConfig(kind=kind, n=max(k, *args.ks), **fields), scores=scores,
                                     model=model, calibration=calibration, progress=True)
             orders[f"{kind}-{name}"] = {"history": selection.history,
                                         "seconds": round(time.perf_counter() - start, 1)}

@@ -62,8 +62,8 @@ def main() -> None:
     def ppl(m) -> float:
         return perplexity(m, tok, "wikitext2", seq_len=512, stride=512, max_tokens=args.ppl_tokens, progress=False)
 
-    quality_table = loss_quality(model, calibration.input_ids[:args.loss_samples], ("attn", "mlp", "block"), progress=False) \
-        if "loss" in args.quality else None
+    loss_table = loss_quality(model, calibration.input_ids[:args.loss_samples], ("attn", "mlp", "block"),
+                              progress=False) if "loss" in args.quality else None
     # timing next (keep the machine otherwise idle until "timing done"), perplexity after
     print("quality ready; timing next", flush=True)
     result = {"model": args.model, "workload": workload.to_dict(), "ppl_tokens": args.ppl_tokens, "plans": [],
@@ -74,7 +74,8 @@ def main() -> None:
     for quality in args.quality:
         for target in args.targets:
             plan = plan_drop(model, tok, SelectionConfig(kind="joint", target_speedup=target), workload,
-                             PlanConfig(quality=quality), scores=scores, quality_table=quality_table,
+                             PlanConfig(quality=quality), scores=scores,
+                             quality_table=loss_table if quality == "loss" else None,
                              model_name=args.model, progress=False)
             result["plans"].append(plan.to_dict())
             print(f"plan x{target} ({quality}): predicted x{plan.predicted_speedup:.3f}, measured "
@@ -132,8 +133,8 @@ def table(result: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---|"]
     for p in result["plans"]:
         d = p["drop_config"]
-        lines.append(f"| plan ({p['quality']}) | x{p['target_speedup']:.2f} | x{p['predicted_speedup']:.3f} | x{p['measured_speedup']:.3f} "
-                     f"| {100 * p['prediction_error']:+.1f}% | {p['ppl']:.2f} | {d['attn']} / {d['mlp']} |")
+        lines.append(f"| plan ({p['quality']}) | x{p['target_speedup']:.2f} | x{p['predicted_speedup']:.3f} "
+                     f"| x{p['measured_speedup']:.3f} | {100 * p['prediction_error']:+.1f}% | {p['ppl']:.2f} | {d['attn']} / {d['mlp']} |")
     for f in result["fixed"]:
         error = f["predicted_speedup"] / f["measured_speedup"] - 1
         lines.append(f"| {f['name']} (cosine) | – | x{f['predicted_speedup']:.3f} | x{f['measured_speedup']:.3f} | "

@@ -70,20 +70,23 @@ def plan_drop(model: Any, tokenizer: Any, selection: Any, workload: Any, config:
 
     `selection`: a SelectionConfig with `target_speedup`, `kv_budget` and/or `param_budget` (its `kind` says which
     units may go: joint = attention, MLP and whole blocks; its `protect` / `keep_last` are honoured).
-    `scores` (quality="scores") or `calibration` (quality="loss") give the quality signal; `quality_table`, the
-    output of `loss_quality` computed once, spares recomputing it when planning several targets.
+    `scores` (quality="scores") or `calibration` (quality="loss") give the quality signal; with quality="loss",
+    `quality_table` (the output of `loss_quality` for the same kinds and objective, computed once) spares
+    recomputing it when planning several targets.
     """
     config = PlanConfig.build(config)
     if selection.target_speedup is None and selection.kv_budget is None and selection.param_budget is None:
         raise ConfigError("a plan needs a target: --target-speedup, --kv-budget or --param-budget.")
     num_layers = model.config.num_hidden_layers
     kinds = _KINDS[selection.kind]
+    if quality_table is not None and config.quality != "loss":
+        raise ConfigError(f"quality_table is a loss table; it needs quality 'loss', not '{config.quality}'.")
     if config.quality == "scores":
         if scores is None:
             raise ConfigError("quality 'scores' needs importance scores (compute_importance).")
         quality = unit_quality(scores.with_metric(selection.metric), num_layers)
     elif quality_table is not None:
-        quality = dict(quality_table)
+        quality = quality_table
     else:
         if calibration is None:
             raise ConfigError("quality 'loss' needs calibration tokens.")

@@ -90,10 +90,17 @@ def solve(profile: CostProfile, quality: dict[tuple[str, int], float], params: d
     bins = _BINS[min(len(needs), len(_BINS)) - 1]
 
     def key(saved: tuple[float, ...]) -> tuple[int, ...]:
-        return tuple(min(bins, math.floor(bins * s / req)) if req > 0 else bins for s, (_, req, _) in zip(saved, needs))
+        """Each constraint's progress in bins from the exact running saving; `bins` only once it is met."""
+        return tuple(bins if s >= req * (1 - 1e-12) else min(bins - 1, math.floor(bins * s / req))
+                     for s, (_, req, _) in zip(saved, needs))
 
-    # state key: each constraint's progress in bins, taken from the exact running savings (so rounding never
-    # accumulates over many units); value: (quality cost, units removed, exact savings, choices)
+    def rank(state: tuple) -> tuple:
+        """Cheaper first; at equal cost fewer removals, then more savings (more room above the target)."""
+        cost, count, saved, _ = state
+        return cost, count, tuple(-s for s in saved)
+
+    # a state: (quality cost, units removed, exact savings, choices), kept per key; rounding happens only in the
+    # key, never in the savings, so it cannot pile up over many units
     start = tuple(0.0 for _ in needs)
     states: dict[tuple[int, ...], tuple[float, int, tuple[float, ...], tuple]] = {key(start): (0.0, 0, start, ())}
     for i in range(profile.num_layers):
@@ -105,20 +112,17 @@ def solve(profile: CostProfile, quality: dict[tuple[str, int], float], params: d
                 total = tuple(s + saving(o, i) for s, (_, _, saving) in zip(saved, needs))
                 candidate = (cost + max(quality[(o, i)], 0.0), count + 1, total, chosen + ((o, i),))
                 k = key(total)
-                # cheaper wins; at equal cost fewer removals, then more savings (more room above the target)
-                if k not in nxt or (candidate[0], candidate[1], [-x for x in total]) < \
-                        (nxt[k][0], nxt[k][1], [-x for x in nxt[k][2]]):
+                if k not in nxt or rank(candidate) < rank(nxt[k]):
                     nxt[k] = candidate
         states = nxt
-    feasible = [v for v in states.values() if all(s >= req * (1 - 1e-12) for s, (_, req, _) in zip(v[2], needs))]
-    if not feasible:
-        reachable = max(states.values(), key=lambda v: sum(min(1.0, s / req) if req > 0 else 1.0
-                                                        for s, (_, req, _) in zip(v[2], needs)))
-        missing = [f"{name} (at most {100 * min(1.0, s / req):.0f}% of the way)"
-                   for (name, req, _), s in zip(needs, reachable[2]) if s < req]
+    done = tuple(bins for _ in needs)
+    if done not in states:
+        reachable = max(states, key=sum)
+        missing = [f"{name} (at most {100 * s / bins:.0f}% of the way)" for (name, _, _), s in zip(needs, reachable)
+                   if s < bins]
         raise ConfigError(f"no drop of the allowed kinds {list(kinds)} meets {', '.join(missing)} for this workload; "
                           "allow more kinds (joint), relax the target, or protect fewer layers.")
-    cost, _, _, chosen = min(feasible, key=lambda v: (v[0], v[1]))
+    cost, _, _, chosen = states[done]
     attn = set(already.attn) | {i for o, i in chosen if _OPTIONS[o][0]}
     mlp = set(already.mlp) | {i for o, i in chosen if _OPTIONS[o][1]}
     return DropConfig(attn=sorted(attn), mlp=sorted(mlp)), cost

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from layerdrop_patch import DropConfig
@@ -149,6 +150,23 @@ def test_plan_refines_until_the_measured_speedup_meets_the_target(monkeypatch):
     assert len(plan.rounds) == 2 and plan.measured_speedup == 1.21
     assert plan.rounds[1]["planned_for"] > plan.rounds[0]["planned_for"]
     assert plan.prediction_error == pytest.approx(plan.predicted_speedup / 1.21 - 1)
+
+
+def test_a_loss_table_computed_once_plans_like_the_loss_computed_inside(monkeypatch):
+    from layerdrop_patch.planning import loss_quality
+
+    model = tiny_model("llama", 6)
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    profile = _profile(num_layers=6, attn=(0.02, 0.02), mlp=(0.03, 0.03))
+    monkeypatch.setattr("layerdrop_patch.planning.measure_profile", lambda *a, **k: profile)
+    selection, config = SelectionConfig(kind="joint", target_speedup=1.1), PlanConfig(quality="loss", verify=False)
+    inside = plan_drop(model, None, selection, BenchConfig(), config, calibration=ids, progress=False)
+    table = loss_quality(model, ids, ("attn", "mlp", "block"), progress=False)
+    reused = plan_drop(model, None, selection, BenchConfig(), config, quality_table=table, progress=False)
+    assert reused.drop_config == inside.drop_config
+    assert reused.predicted_quality_cost == pytest.approx(inside.predicted_quality_cost)
+    with pytest.raises(ConfigError, match="needs quality 'loss'"):
+        plan_drop(model, None, selection, BenchConfig(), PlanConfig(verify=False), quality_table=table, progress=False)
 
 
 @pytest.fixture(scope="module")
