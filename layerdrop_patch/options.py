@@ -48,6 +48,10 @@ def non_negative(value: Any) -> str | None:
     return None if value is None or value >= 0 else "must be >= 0"
 
 
+def above_one(value: Any) -> str | None:
+    return None if value is None or value > 1 else "must be > 1 (a speed-up: 1.3 = 30% faster)"
+
+
 def fraction(value: Any) -> str | None:
     return None if value is None or 0 < value <= 1 else "must be in (0, 1]"
 

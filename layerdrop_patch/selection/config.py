@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from layerdrop_patch.options import StageConfig, fraction, non_negative, option, positive
+from layerdrop_patch.options import StageConfig, above_one, fraction, non_negative, option, positive
 from layerdrop_patch.scoring.metrics import DEFAULT_METRIC, METRICS
 from layerdrop_patch.selection.registry import METHODS, SELECT_KINDS
 
@@ -40,7 +40,7 @@ class SelectionConfig(StageConfig):
     shortlist: int | None = option(None, "Greedy selection: try only this many lowest-scoring candidates per step "
                                          "(faster on deep models; None tries all).", check=positive)
     target_speedup: float | None = option(None, "Plan the drop for this measured speed-up on a workload instead of "
-                                                "a count (layerdrop plan; recipes).", check=positive)
+                                                "a count (layerdrop plan; recipes).", check=above_one)
     kv_budget: float | None = option(None, "Plan: keep at most this share of the KV cache (0.5 = half).",
                                      check=fraction)
     param_budget: float | None = option(None, "Plan: keep at most this share of the weights.", check=fraction)

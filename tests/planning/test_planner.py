@@ -70,6 +70,12 @@ def test_rounding_does_not_pile_up_over_many_units():
     assert costs == sorted(costs)
 
 
+def test_a_speedup_target_must_ask_for_a_speedup():
+    for bad in (0.5, 1.0):
+        with pytest.raises(ConfigError, match="target_speedup: must be > 1"):
+            SelectionConfig(target_speedup=bad)
+
+
 def test_kv_and_weight_budgets_and_impossible_targets():
     profile = _profile(num_layers=4)
     quality = {(o, i): 1.0 + i for i in range(4) for o in OPTIONS}
