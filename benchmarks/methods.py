@@ -70,6 +70,9 @@ def _load_state(path: Path) -> dict:
             for field in ("ppl_wikitext2", "ppl_c4"):
                 if field in row and "max_tokens" not in row[field]:
                     row[field]["max_tokens"] = 512 * len(row[field]["window_nll"])
+        # recovery rows written before the step count was part of the name
+        state["recovery"] = {(name if "@" in name else f"{name}@{r['steps']}"): r
+                             for name, r in state["recovery"].items()}
         return state
     return {"rows": {}, "speed": {}, "accuracy": {}, "recovery": {}}
 
@@ -226,8 +229,8 @@ def recovery(args, model, tok, state, path) -> None:
         if kind not in args.kinds:
             continue
         key = _best(state["rows"], kind, 8, "ppl_wikitext2")
-        for loss in ("lm", "distill") if key else ():
-            name = f"{key}+lora-{loss}"
+        for loss in args.recover_losses if key else ():
+            name = f"{key}+lora-{loss}@{args.recover_steps}"  # runs of different lengths sit side by side
             if name in state["recovery"]:
                 continue
             row = state["rows"][key]
@@ -236,8 +239,9 @@ def recovery(args, model, tok, state, path) -> None:
             student, res = recover_lora(student, tok, "c4", steps=args.recover_steps, batch_size=4, seq_len=256,
                                         lr=args.recover_lr, rank=8, alpha=16, loss=loss, temperature=2.0,
                                         eval_tokens=0, teacher=model if loss == "distill" else None, progress=False)
-            state["recovery"][name] = {"from": key, "loss": loss, "steps": args.recover_steps,
+            state["recovery"][name] = {"from": key, "loss": loss, "steps": args.recover_steps, "lr": args.recover_lr,
                                        "seconds": round(time.perf_counter() - start, 1),
+                                       "final_train_loss": sum(res.losses[-10:]) / len(res.losses[-10:]),
                                        **{f"ppl_{d}": _ppl(student, tok, d, args.ppl_tokens)
                                           for d in ("wikitext2", "c4")}}
             _save(path, state)
@@ -286,12 +290,13 @@ def report(args, state, model_name: str) -> str:
                          f"{_fmt(r['ppl_c4']['perplexity'])} | {_versus_cosine(rows, key, 'ppl_wikitext2')} | "
                          f"{_versus_cosine(rows, key, 'ppl_c4')} |")
     if state["recovery"]:
-        lines += ["", "| recovered | loss | steps | WikiText-2 | C4 | vs LM-loss LoRA (paired) |", "|---|---|---:|---:|---:|---|"]
+        lines += ["", "| recovered | loss | steps | WikiText-2 | C4 | vs LM-loss LoRA (paired) |",
+                  "|---|---|---:|---:|---:|---|"]
         for name, r in state["recovery"].items():
-            other = state["recovery"].get(name.replace("distill", "lm"))
+            other = state["recovery"].get(f"{r['from']}+lora-lm@{r['steps']}")
             verdict = "–"
-            if r["loss"] == "distill" and other:
-                test = compare_perplexity(r["ppl_wikitext2"], other["ppl_wikitext2"], names=("distill", "lm"))
+            if r["loss"] != "lm" and other:
+                test = compare_perplexity(r["ppl_wikitext2"], other["ppl_wikitext2"], names=(r["loss"], "lm"))
                 verdict = f"{test.verdict} (p={test.p_value:.2g})"
             lines.append(f"| {r['from']} | {r['loss']} | {r['steps']} | {_fmt(r['ppl_wikitext2']['perplexity'])} | "
                          f"{_fmt(r['ppl_c4']['perplexity'])} | {verdict} |")
@@ -363,6 +368,9 @@ def main() -> None:
     parser.add_argument("--greedy-shortlist", type=int, default=10, help="candidates tried per greedy step")
     parser.add_argument("--recover-steps", type=int, default=100)
     parser.add_argument("--recover-lr", type=float, default=1e-3)
+    parser.add_argument("--recover-losses", nargs="+", default=["lm", "distill"],
+                        choices=["lm", "distill", "lm+distill"],
+                        help="recovery objectives, each trained for the same steps on the same data")
     parser.add_argument("--stages", nargs="+", default=["grid", "confirm", "speed", "accuracy", "recovery", "report"],
                         choices=["grid", "confirm", "speed", "accuracy", "recovery", "report"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
