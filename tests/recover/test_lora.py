@@ -103,13 +103,16 @@ def test_lora_merge_then_awq(tmp_path):
     assert DropConfig.from_model(load_quantized(tmp_path / "awq")).mlp == [2]
 
 
+@pytest.mark.parametrize("loss", ["lm", "distill"])
 @pytest.mark.parametrize("case", [c.values[0] for c in ARCHITECTURE_CASES], ids=[c.id for c in ARCHITECTURE_CASES])
-def test_recovery_trains_the_kept_projections_of_every_family(case):
-    """The family descriptor names each family's projections (Phi-3's fused qkv_proj / gate_up_proj included)."""
+def test_recovery_trains_the_kept_projections_of_every_family(case, loss):
+    """The family descriptor names each family's projections (Phi-3's fused qkv_proj / gate_up_proj included);
+    distillation runs the unpruned model beside the student in every family."""
     from layerdrop_patch.architectures import get_architecture
 
     model_type, overrides = case
-    model = apply_drop(tiny_model(model_type, 4, **overrides), DropConfig(attn=[1], mlp=[2]))
+    teacher = tiny_model(model_type, 4, **overrides)
+    model = apply_drop(copy.deepcopy(teacher), DropConfig(attn=[1], mlp=[2]))
     arch = get_architecture(model)
     targets = lora_target_modules(model)
     leaves = {t.rsplit(".", 1)[-1] for t in targets}
@@ -118,7 +121,7 @@ def test_recovery_trains_the_kept_projections_of_every_family(case):
     rows = torch.randint(1, 128, (4, 16), generator=torch.Generator().manual_seed(0))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     merged, result = recover_lora(model, None, rows, steps=2, batch_size=2, seq_len=16, lr=1e-2, eval_tokens=0,
-                                  progress=False)
+                                  progress=False, loss=loss, teacher=teacher if loss == "distill" else None)
     assert result.targets == len(targets) and all(math.isfinite(loss) for loss in result.losses)
     changed = {n for n, p in merged.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(n.rsplit(".", 2)[-2] in leaves for n in changed)  # only the adapted projections moved
