@@ -70,11 +70,17 @@ def _load_state(path: Path) -> dict:
             for field in ("ppl_wikitext2", "ppl_c4"):
                 if field in row and "max_tokens" not in row[field]:
                     row[field]["max_tokens"] = 512 * len(row[field]["window_nll"])
-        # recovery rows written before the step count was part of the name
-        state["recovery"] = {(name if "@" in name else f"{name}@{r['steps']}"): r
-                             for name, r in state["recovery"].items()}
+        for r in state["recovery"].values():  # rows written before the lr was recorded were all trained at 1e-3
+            r.setdefault("lr", 1e-3)
+        state["recovery"] = {_recovery_name(r["from"], r["loss"], r["steps"], r["lr"]): r
+                             for r in state["recovery"].values()}
         return state
     return {"rows": {}, "speed": {}, "accuracy": {}, "recovery": {}}
+
+
+def _recovery_name(key: str, loss: str, steps: int, lr: float) -> str:
+    """Recovery runs with other settings sit beside each other instead of being skipped as done."""
+    return f"{key}+lora-{loss}@{steps} lr {lr:g}"
 
 
 def _save(path: Path, state: dict) -> None:
@@ -230,7 +236,7 @@ def recovery(args, model, tok, state, path) -> None:
             continue
         key = _best(state["rows"], kind, 8, "ppl_wikitext2")
         for loss in args.recover_losses if key else ():
-            name = f"{key}+lora-{loss}@{args.recover_steps}"  # runs of different lengths sit side by side
+            name = _recovery_name(key, loss, args.recover_steps, args.recover_lr)
             if name in state["recovery"]:
                 continue
             row = state["rows"][key]
@@ -290,15 +296,16 @@ def report(args, state, model_name: str) -> str:
                          f"{_fmt(r['ppl_c4']['perplexity'])} | {_versus_cosine(rows, key, 'ppl_wikitext2')} | "
                          f"{_versus_cosine(rows, key, 'ppl_c4')} |")
     if state["recovery"]:
-        lines += ["", "| recovered | loss | steps | WikiText-2 | C4 | vs LM-loss LoRA (paired) |",
-                  "|---|---|---:|---:|---:|---|"]
+        lines += ["", "| recovered | loss | steps | lr | WikiText-2 | C4 | vs LM-loss LoRA (paired) |",
+                  "|---|---|---:|---:|---:|---:|---|"]
         for name, r in state["recovery"].items():
-            other = state["recovery"].get(f"{r['from']}+lora-lm@{r['steps']}")
+            other = state["recovery"].get(_recovery_name(r["from"], "lm", r["steps"], r["lr"]))
             verdict = "–"
             if r["loss"] != "lm" and other:
                 test = compare_perplexity(r["ppl_wikitext2"], other["ppl_wikitext2"], names=(r["loss"], "lm"))
                 verdict = f"{test.verdict} (p={test.p_value:.2g})"
-            lines.append(f"| {r['from']} | {r['loss']} | {r['steps']} | {_fmt(r['ppl_wikitext2']['perplexity'])} | "
+            lines.append(f"| {r['from']} | {r['loss']} | {r['steps']} | {r['lr']:g} | "
+                         f"{_fmt(r['ppl_wikitext2']['perplexity'])} | "
                          f"{_fmt(r['ppl_c4']['perplexity'])} | {verdict} |")
     if state["accuracy"]:
         acc = state["accuracy"]
