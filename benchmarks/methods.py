@@ -41,6 +41,7 @@ from layerdrop_patch.evaluation.paired import compare_accuracy, compare_perplexi
 from layerdrop_patch.evaluation.perplexity import perplexity  # noqa: E402
 from layerdrop_patch.files import atomic_write_json, atomic_write_text, save_figure  # noqa: E402
 from layerdrop_patch.plotting import pyplot  # noqa: E402
+from layerdrop_patch.recover.distill import LOSSES  # noqa: E402
 from layerdrop_patch.scoring import CalibrationConfig, compute_importance  # noqa: E402
 from layerdrop_patch.selection import SelectionConfig, choose_drop  # noqa: E402
 from layerdrop_patch.selection.registry import to_drop_config  # noqa: E402
@@ -244,7 +245,7 @@ def recovery(args, model, tok, state, path) -> None:
             start = time.perf_counter()
             student, res = recover_lora(student, tok, "c4", steps=args.recover_steps, batch_size=4, seq_len=256,
                                         lr=args.recover_lr, rank=8, alpha=16, loss=loss, temperature=2.0,
-                                        eval_tokens=0, teacher=model if loss == "distill" else None, progress=False)
+                                        eval_tokens=0, teacher=None if loss == "lm" else model, progress=False)
             state["recovery"][name] = {"from": key, "loss": loss, "steps": args.recover_steps, "lr": args.recover_lr,
                                        "seconds": round(time.perf_counter() - start, 1),
                                        "final_train_loss": sum(res.losses[-10:]) / len(res.losses[-10:]),
@@ -376,7 +377,7 @@ def main() -> None:
     parser.add_argument("--recover-steps", type=int, default=100)
     parser.add_argument("--recover-lr", type=float, default=1e-3)
     parser.add_argument("--recover-losses", nargs="+", default=["lm", "distill"],
-                        choices=["lm", "distill", "lm+distill"],
+                        choices=LOSSES,
                         help="recovery objectives, each trained for the same steps on the same data")
     parser.add_argument("--stages", nargs="+", default=["grid", "confirm", "speed", "accuracy", "recovery", "report"],
                         choices=["grid", "confirm", "speed", "accuracy", "recovery", "report"])

@@ -122,7 +122,7 @@ def test_recovery_trains_the_kept_projections_of_every_family(case, loss):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     merged, result = recover_lora(model, None, rows, steps=2, batch_size=2, seq_len=16, lr=1e-2, eval_tokens=0,
                                   progress=False, loss=loss, teacher=teacher if loss == "distill" else None)
-    assert result.targets == len(targets) and all(math.isfinite(loss) for loss in result.losses)
+    assert result.targets == len(targets) and all(math.isfinite(value) for value in result.losses)
     changed = {n for n, p in merged.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(n.rsplit(".", 2)[-2] in leaves for n in changed)  # only the adapted projections moved
 
