@@ -62,6 +62,7 @@ METHODS = {  # name -> SelectionConfig fields (the paper's one-shot cosine is th
 }
 STEPWISE = {"iterative", "greedy-lm", "greedy-kl"}  # their Attn-12 order starts with their Attn-4 and Attn-8
 TASKS = ["arc_easy", "piqa", "winogrande"]
+KIND_LABELS = {"attn": "Attn", "mlp": "MLP", "block": "Block", "joint": "Joint"}  # as the paper names the drops
 
 
 def _load_state(path: Path) -> dict:
@@ -278,11 +279,13 @@ def report(args, state, model_name: str) -> str:
              f"tokens (unpruned {_fmt(base['screen_wikitext2']['perplexity'])})", "",
              "| drop | method | WikiText-2 (screen) | vs cosine (paired) | speed-up | attention / MLP dropped |",
              "|---|---|---:|---|---:|---|"]
-    for key, r in rows.items():
-        if key == "baseline" or "screen_wikitext2" not in r:
-            continue
+    grid_order = sorted((key for key, r in rows.items() if key != "baseline" and "screen_wikitext2" in r),
+                        key=lambda key: (list(KIND_LABELS).index(rows[key]["kind"]), rows[key]["k"],
+                                         list(METHODS).index(rows[key]["method"])))  # runs add rows in any order
+    for key in grid_order:
+        r = rows[key]
         shape = speedups.get(f"{len(r['attn'])}a{len(r['mlp'])}m", {})
-        lines.append(f"| {r['kind'].capitalize()}-{r['k']} | {r['method']} | "
+        lines.append(f"| {KIND_LABELS[r['kind']]}-{r['k']} | {r['method']} | "
                      f"{_fmt(r['screen_wikitext2']['perplexity'])} | {_versus_cosine(rows, key, 'screen_wikitext2')} | "
                      f"{('x%.2f' % shape['total_speedup']) if shape else '–'} | {r['attn']} / {r['mlp']} |")
     confirmed = [key for key, r in rows.items() if r.get("ppl_c4", {}).get("max_tokens") == args.ppl_tokens]
@@ -292,7 +295,7 @@ def report(args, state, model_name: str) -> str:
                   "|---|---|---:|---:|---|---|"]
         for key in confirmed:
             r = rows[key]
-            name = "unpruned" if key == "baseline" else f"{r['kind'].capitalize()}-{r['k']}"
+            name = "unpruned" if key == "baseline" else f"{KIND_LABELS[r['kind']]}-{r['k']}"
             lines.append(f"| {name} | {r['method']} | {_fmt(r['ppl_wikitext2']['perplexity'])} | "
                          f"{_fmt(r['ppl_c4']['perplexity'])} | {_versus_cosine(rows, key, 'ppl_wikitext2')} | "
                          f"{_versus_cosine(rows, key, 'ppl_c4')} |")
