@@ -272,6 +272,11 @@ def _versus_cosine(rows: dict, key: str, field: str) -> str:
     return verdict + f" (x{test.difference:.2f}, p={test.p_value:.2g})"
 
 
+def _per_document(result: dict) -> dict:
+    """Every task's documents in one pool, so McNemar compares two models over all paired documents at once."""
+    return {f"{task}:{doc}": hit for task in TASKS for doc, hit in result["tasks"][task]["per_doc"].items()}
+
+
 def report(args, state, model_name: str) -> str:
     rows, speedups = state["rows"], state["speed"]
     base = rows["baseline"]
@@ -322,8 +327,8 @@ def report(args, state, model_name: str) -> str:
             kind = rows.get(key, {}).get("kind")
             cosine = acc.get(f"{kind}-8-cosine")
             if cosine is not None and cosine is not result:
-                pooled = lambda res: {f"{t}:{d}": v for t in TASKS for d, v in res["tasks"][t]["per_doc"].items()}  # noqa: E731
-                test = compare_accuracy(pooled(result), pooled(cosine), names=(rows[key]["method"], "cosine"))
+                test = compare_accuracy(_per_document(result), _per_document(cosine),
+                                        names=(rows[key]["method"], "cosine"))
                 verdict = f"{test.verdict} (Δ {100 * test.difference:+.1f}, p={test.p_value:.2g})"
             lines.append(f"| {key} | " + " | ".join(cells) + f" | {100 * result['average']:.1f} | {verdict} |")
     return "\n".join(lines) + "\n"
