@@ -223,9 +223,14 @@ def accuracy(args, model, tok, state, path) -> None:
     for key in keys:
         if key in acc or key not in rows:
             continue
-        pruned = model if key == "baseline" else apply_drop(copy.deepcopy(model),
-                                                            DropConfig(attn=rows[key]["attn"], mlp=rows[key]["mlp"]))
-        acc[key] = evaluate_model(pruned, tok, config, progress=False)
+        # Joint-k often chooses exactly Attn-k's drop: a drop already evaluated is not evaluated again
+        twin = next((acc[o] for o, r in rows.items() if o in acc and o != "baseline"
+                     and (r["attn"], r["mlp"]) == (rows[key]["attn"], rows[key]["mlp"])), None)
+        if twin is None:
+            drop = DropConfig(attn=rows[key]["attn"], mlp=rows[key]["mlp"])
+            pruned = model if key == "baseline" else apply_drop(copy.deepcopy(model), drop)
+            twin = evaluate_model(pruned, tok, config, progress=False)
+        acc[key] = twin
         _save(path, state)
         print(f"accuracy {key}: {acc[key]['average']:.4f}", flush=True)
 
