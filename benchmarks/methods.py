@@ -282,6 +282,17 @@ def _per_document(result: dict) -> dict:
     return {f"{task}:{doc}": hit for task in TASKS for doc, hit in result["tasks"][task]["per_doc"].items()}
 
 
+def _table_order(rows: dict, keys) -> list[str]:
+    """The unpruned row first, then by kind, k and method: runs add rows in any order."""
+    def rank(key: str) -> tuple:
+        if key == "baseline":
+            return (-1, 0, 0)
+        r = rows[key]
+        return (list(KIND_LABELS).index(r["kind"]), r["k"], list(METHODS).index(r["method"]))
+
+    return sorted(keys, key=rank)
+
+
 def report(args, state, model_name: str) -> str:
     rows, speedups = state["rows"], state["speed"]
     base = rows["baseline"]
@@ -289,16 +300,14 @@ def report(args, state, model_name: str) -> str:
              f"tokens (unpruned {_fmt(base['screen_wikitext2']['perplexity'])})", "",
              "| drop | method | WikiText-2 (screen) | vs cosine (paired) | speed-up | attention / MLP dropped |",
              "|---|---|---:|---|---:|---|"]
-    grid_order = sorted((key for key, r in rows.items() if key != "baseline" and "screen_wikitext2" in r),
-                        key=lambda key: (list(KIND_LABELS).index(rows[key]["kind"]), rows[key]["k"],
-                                         list(METHODS).index(rows[key]["method"])))  # runs add rows in any order
-    for key in grid_order:
+    for key in _table_order(rows, (key for key, r in rows.items() if key != "baseline" and "screen_wikitext2" in r)):
         r = rows[key]
         shape = speedups.get(f"{len(r['attn'])}a{len(r['mlp'])}m", {})
         lines.append(f"| {KIND_LABELS[r['kind']]}-{r['k']} | {r['method']} | "
                      f"{_fmt(r['screen_wikitext2']['perplexity'])} | {_versus_cosine(rows, key, 'screen_wikitext2')} | "
                      f"{('x%.2f' % shape['total_speedup']) if shape else '–'} | {r['attn']} / {r['mlp']} |")
-    confirmed = [key for key, r in rows.items() if r.get("ppl_c4", {}).get("max_tokens") == args.ppl_tokens]
+    confirmed = _table_order(rows, (key for key, r in rows.items()
+                                    if r.get("ppl_c4", {}).get("max_tokens") == args.ppl_tokens))
     if confirmed:
         lines += ["", f"Headline rows on {args.ppl_tokens:,} held-out tokens of each corpus:", "",
                   "| drop | method | WikiText-2 | C4 | vs cosine (paired, WikiText-2) | vs cosine (paired, C4) |",
@@ -325,7 +334,8 @@ def report(args, state, model_name: str) -> str:
         acc = state["accuracy"]
         lines += ["", "| model | " + " | ".join(TASKS) + " | average | vs cosine (paired McNemar) |",
                   "|---|" + "---:|" * (len(TASKS) + 1) + "---|"]
-        for key, result in acc.items():
+        for key in _table_order(rows, acc):
+            result = acc[key]
             cells = [f"{100 * result['tasks'][t]['value']:.1f} ± {100 * (result['tasks'][t]['stderr'] or 0):.1f}"
                      for t in TASKS]
             verdict = "–"
