@@ -105,14 +105,19 @@ def _prefix(result: dict, tokens: int) -> dict | None:
             "window_nll": nll, "window_tokens": count}
 
 
+def _same_drop(rows: dict, row: dict) -> list[str]:
+    """The keys of the rows that drop exactly what `row` drops: methods often agree (Joint-k often chooses Attn-k's
+    drop), and every stage measures a drop once."""
+    return [key for key, other in rows.items() if (other["attn"], other["mlp"]) == (row["attn"], row["mlp"])]
+
+
 def _screen(model, tok, row: dict, rows: dict, tokens: int) -> dict:
     """WikiText-2 perplexity on the first `tokens` held-out tokens; a drop already measured is not measured again."""
-    for other in [row, *rows.values()]:
-        if other["attn"] == row["attn"] and other["mlp"] == row["mlp"]:
-            for field in ("screen_wikitext2", "ppl_wikitext2"):
-                if field in other and (found := _prefix(other[field], tokens)):
-                    return found
-    return _ppl(model, tok, "wikitext2", tokens)
+    for other in [row, *(rows[key] for key in _same_drop(rows, row))]:
+        for field in ("screen_wikitext2", "ppl_wikitext2"):
+            if field in other and (found := _prefix(other[field], tokens)):
+                return found
+    return _ppl(_pruned(model, row), tok, "wikitext2", tokens)
 
 
 def _pruned(model, row: dict):
@@ -136,7 +141,7 @@ def grid(args, model, tok, calibration, scores, state, path) -> None:
     for key, row in rows.items():
         if "screen_wikitext2" not in row:
             start = time.perf_counter()
-            row["screen_wikitext2"] = _screen(_pruned(model, row), tok, row, rows, args.screen_tokens)
+            row["screen_wikitext2"] = _screen(model, tok, row, rows, args.screen_tokens)
             _save(path, state)
             print(f"{key:28s} attn {row['attn']} mlp {row['mlp']}: WikiText-2 "
                   f"{row['screen_wikitext2']['perplexity']:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -189,8 +194,8 @@ def confirm(args, model, tok, state, path) -> None:
             field = f"ppl_{dataset}"
             if row.get(field, {}).get("max_tokens") == args.ppl_tokens:
                 continue
-            twin = next((o[field] for o in rows.values() if o["attn"] == row["attn"] and o["mlp"] == row["mlp"]
-                         and o.get(field, {}).get("max_tokens") == args.ppl_tokens), None)
+            twin = next((rows[o][field] for o in _same_drop(rows, row)
+                         if rows[o].get(field, {}).get("max_tokens") == args.ppl_tokens), None)
             row[field] = twin or _ppl(_pruned(model, row), tok, dataset, args.ppl_tokens)
             _save(path, state)
             print(f"confirm {key:28s} {dataset}: {row[field]['perplexity']:.2f}", flush=True)
@@ -207,8 +212,7 @@ def speed(args, model, tok, state, path) -> None:
         shape = f"{len(row['attn'])}a{len(row['mlp'])}m"
         if shape in state["speed"] or key == "baseline":
             continue
-        pruned = apply_drop(copy.deepcopy(model), DropConfig(attn=row["attn"], mlp=row["mlp"]))
-        result = compare_generate({"baseline": model, "pruned": pruned}, tok, batch_size=1, prompt_len=128,
+        result = compare_generate({"baseline": model, "pruned": _pruned(model, row)}, tok, batch_size=1, prompt_len=128,
                                   new_tokens=64, repeats=args.speed_repeats, measure_memory=False, progress=False)
         state["speed"][shape] = {**result["ratios"]["pruned"], "from": key}
         _save(path, state)
@@ -223,14 +227,8 @@ def accuracy(args, model, tok, state, path) -> None:
     for key in keys:
         if key in acc or key not in rows:
             continue
-        # Joint-k often chooses exactly Attn-k's drop: a drop already evaluated is not evaluated again
-        twin = next((acc[o] for o, r in rows.items() if o in acc and o != "baseline"
-                     and (r["attn"], r["mlp"]) == (rows[key]["attn"], rows[key]["mlp"])), None)
-        if twin is None:
-            drop = DropConfig(attn=rows[key]["attn"], mlp=rows[key]["mlp"])
-            pruned = model if key == "baseline" else apply_drop(copy.deepcopy(model), drop)
-            twin = evaluate_model(pruned, tok, config, progress=False)
-        acc[key] = twin
+        twin = next((acc[o] for o in _same_drop(rows, rows[key]) if o in acc), None)
+        acc[key] = twin or evaluate_model(_pruned(model, rows[key]), tok, config, progress=False)
         _save(path, state)
         print(f"accuracy {key}: {acc[key]['average']:.4f}", flush=True)
 
@@ -247,7 +245,7 @@ def recovery(args, model, tok, state, path) -> None:
             if name in state["recovery"]:
                 continue
             row = state["rows"][key]
-            student = apply_drop(copy.deepcopy(model), DropConfig(attn=row["attn"], mlp=row["mlp"]))
+            student = _pruned(model, row)
             start = time.perf_counter()
             student, res = recover_lora(student, tok, "c4", steps=args.recover_steps, batch_size=4, seq_len=256,
                                         lr=args.recover_lr, rank=8, alpha=16, loss=loss, temperature=2.0,
@@ -341,7 +339,7 @@ def report(args, state, model_name: str) -> str:
             verdict = "–"
             kind = rows.get(key, {}).get("kind")
             cosine = acc.get(f"{kind}-8-cosine")
-            if cosine is not None and cosine is not result:
+            if cosine is not None and key != f"{kind}-8-cosine":
                 test = compare_accuracy(_per_document(result), _per_document(cosine),
                                         names=(rows[key]["method"], "cosine"))
                 verdict = f"{test.verdict} (Δ {100 * test.difference:+.1f}, p={test.p_value:.2g})"
