@@ -394,7 +394,7 @@ def main() -> None:
     parser.add_argument("--accuracy-kinds", nargs="+", default=["attn", "block"])
     parser.add_argument("--docs", type=int, default=500, help="documents per task for the accuracy stage")
     parser.add_argument("--speed-repeats", type=int, default=3)
-    parser.add_argument("--greedy-shortlist", type=int, default=10, help="candidates tried per greedy step")
+    parser.add_argument("--greedy-shortlist", type=int, default=10, help="candidates of each kind tried per greedy step")
     parser.add_argument("--recover-steps", type=int, default=100)
     parser.add_argument("--recover-lr", type=float, default=1e-3)
     parser.add_argument("--recover-losses", nargs="+", default=["lm", "distill"],

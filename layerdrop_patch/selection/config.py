@@ -37,8 +37,8 @@ class SelectionConfig(StageConfig):
     objective: str = option("lm", "What greedy selection minimises on the calibration tokens: lm (next-token "
                             "cross-entropy) or kl (divergence from the unpruned model's predictions).",
                             choices=("lm", "kl"))
-    shortlist: int | None = option(None, "Greedy selection: try only this many lowest-scoring candidates per step "
-                                         "(faster on deep models; None tries all).", check=positive)
+    shortlist: int | None = option(None, "Greedy selection: try only this many lowest-scoring candidates of each "
+                                         "kind per step (faster on deep models; None tries all).", check=positive)
     target_speedup: float | None = option(None, "Plan the drop for this measured speed-up on a workload instead of "
                                                 "a count (layerdrop plan; recipes).", check=above_one)
     kv_budget: float | None = option(None, "Plan: keep at most this share of the KV cache (0.5 = half).",

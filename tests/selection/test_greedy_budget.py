@@ -29,8 +29,9 @@ def _loss(model, objective, teacher=None) -> float:
     return float((p.exp() * (p - logits.log_softmax(-1))).sum() / IDS.numel())
 
 
-def brute_force_greedy(base, kind, n, objective):
-    """Independent reference: for every candidate, apply_drop on a fresh copy and compute the loss directly."""
+def brute_force_greedy(base, kind, n, objective, allowed=lambda k, layer, gone: True):
+    """Independent reference: for every candidate, apply_drop on a fresh copy and compute the loss directly.
+    `allowed(kind, layer, already_dropped_of_that_kind)` restricts the candidates tried at a step."""
     with torch.no_grad():
         teacher = base(IDS).logits.float()
     attn, mlp, order = set(), set(), []
@@ -39,6 +40,8 @@ def brute_force_greedy(base, kind, n, objective):
         for layer in range(base.config.num_hidden_layers):
             for k in (("attn", "mlp") if kind == "joint" else (kind,)):
                 if (k == "attn" and layer in attn) or (k == "mlp" and layer in mlp):
+                    continue
+                if not allowed(k, layer, attn if k == "attn" else mlp):
                     continue
                 cand = DropConfig(attn=sorted(attn | ({layer} if k == "attn" else set())),
                                   mlp=sorted(mlp | ({layer} if k == "mlp" else set())))
@@ -63,6 +66,28 @@ def test_greedy_matches_a_brute_force_that_really_prunes(case, objective):
     for h, (_, _, loss) in zip(history, expected):
         assert h["loss"] == pytest.approx(loss, rel=tolerance, abs=1e-6)
     assert cfg.method == f"greedy-joint-{objective}" and cfg.num_dropped == 3
+
+
+def test_joint_shortlist_is_per_kind_so_one_kind_cannot_crowd_out_the_other():
+    base = tiny_model("llama", 5)
+    winner_kind, winner_layer, _ = brute_force_greedy(base, "joint", 1, "kl")[0]
+    other = "mlp" if winner_kind == "attn" else "attn"
+    # Every unit of the other kind scores below every unit of the winner's kind: ranked across kinds, a shortlist
+    # of 2 would hold only the other kind and never try the removal that is really cheapest.
+    ranks = {other: [0.01 * (i + 1) for i in range(5)], winner_kind: [0.6 + 0.01 * i for i in range(5)]}
+    ranks[winner_kind][winner_layer] = 0.5
+
+    def lowest_two_left(kind, layer, gone):
+        left = sorted((score, i) for i, score in enumerate(ranks[kind]) if i not in gone)
+        return layer in [i for _, i in left[:2]]
+
+    expected = brute_force_greedy(base, "joint", 3, "kl", allowed=lowest_two_left)
+    _, history = greedy_select(base, IDS, "joint", n=3, batch_size=2, objective="kl", shortlist=2,
+                               scores=_scores(ranks["attn"], ranks["mlp"]), progress=False)
+    assert [(h["kind"], h["layer"]) for h in history] == [(k, layer) for k, layer, _ in expected]
+    assert (history[0]["kind"], history[0]["layer"]) == (winner_kind, winner_layer)
+    with pytest.raises(ConfigError, match="needs importance scores"):
+        greedy_select(base, IDS, "joint", n=1, shortlist=2, progress=False)
 
 
 def test_greedy_through_choose_drop_respects_protect_and_earlier_drops():
