@@ -44,7 +44,7 @@ from layerdrop_patch.plotting import pyplot  # noqa: E402
 from layerdrop_patch.recover.distill import LOSSES  # noqa: E402
 from layerdrop_patch.scoring import CalibrationConfig, compute_importance  # noqa: E402
 from layerdrop_patch.selection import SelectionConfig, choose_drop  # noqa: E402
-from layerdrop_patch.selection.registry import to_drop_config  # noqa: E402
+from layerdrop_patch.selection.registry import SELECT_KINDS, to_drop_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = {  # name -> SelectionConfig fields (the paper's one-shot cosine is the baseline to beat)
@@ -62,7 +62,11 @@ METHODS = {  # name -> SelectionConfig fields (the paper's one-shot cosine is th
 }
 STEPWISE = {"iterative", "greedy-lm", "greedy-kl"}  # their Attn-12 order starts with their Attn-4 and Attn-8
 TASKS = ["arc_easy", "piqa", "winogrande"]
-KIND_LABELS = {"attn": "Attn", "mlp": "MLP", "block": "Block", "joint": "Joint"}  # as the paper names the drops
+
+
+def _label(kind: str) -> str:
+    """The drop's name as the paper writes it: Attn, MLP, Block, Joint."""
+    return kind.upper() if kind == "mlp" else kind.title()
 
 
 def _load_state(path: Path) -> dict:
@@ -286,7 +290,7 @@ def _table_order(rows: dict, keys) -> list[str]:
         if key == "baseline":
             return (-1, 0, 0)
         r = rows[key]
-        return (list(KIND_LABELS).index(r["kind"]), r["k"], list(METHODS).index(r["method"]))
+        return (SELECT_KINDS.index(r["kind"]), r["k"], list(METHODS).index(r["method"]))
 
     return sorted(keys, key=rank)
 
@@ -301,7 +305,7 @@ def report(args, state, model_name: str) -> str:
     for key in _table_order(rows, (key for key, r in rows.items() if key != "baseline" and "screen_wikitext2" in r)):
         r = rows[key]
         shape = speedups.get(f"{len(r['attn'])}a{len(r['mlp'])}m", {})
-        lines.append(f"| {KIND_LABELS[r['kind']]}-{r['k']} | {r['method']} | "
+        lines.append(f"| {_label(r['kind'])}-{r['k']} | {r['method']} | "
                      f"{_fmt(r['screen_wikitext2']['perplexity'])} | {_versus_cosine(rows, key, 'screen_wikitext2')} | "
                      f"{('x%.2f' % shape['total_speedup']) if shape else '–'} | {r['attn']} / {r['mlp']} |")
     confirmed = _table_order(rows, (key for key, r in rows.items()
@@ -312,7 +316,7 @@ def report(args, state, model_name: str) -> str:
                   "|---|---|---:|---:|---|---|"]
         for key in confirmed:
             r = rows[key]
-            name = "unpruned" if key == "baseline" else f"{KIND_LABELS[r['kind']]}-{r['k']}"
+            name = "unpruned" if key == "baseline" else f"{_label(r['kind'])}-{r['k']}"
             lines.append(f"| {name} | {r['method']} | {_fmt(r['ppl_wikitext2']['perplexity'])} | "
                          f"{_fmt(r['ppl_c4']['perplexity'])} | {_versus_cosine(rows, key, 'ppl_wikitext2')} | "
                          f"{_versus_cosine(rows, key, 'ppl_c4')} |")
@@ -383,15 +387,16 @@ def plot(state, model_name: str, out: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--kinds", nargs="+", default=["attn", "mlp", "block", "joint"])
+    parser.add_argument("--kinds", nargs="+", default=list(SELECT_KINDS), choices=SELECT_KINDS)
     parser.add_argument("--ks", nargs="+", type=int, default=[4, 8, 12])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--calibration-samples", type=int, default=8)
     parser.add_argument("--calibration-seq-len", type=int, default=256)
     parser.add_argument("--screen-tokens", type=int, default=8192, help="WikiText-2 tokens per grid row")
     parser.add_argument("--ppl-tokens", type=int, default=65536, help="tokens per corpus for the headline rows")
-    parser.add_argument("--confirm-kinds", nargs="+", default=["attn", "block"], help="kinds of the headline rows")
-    parser.add_argument("--accuracy-kinds", nargs="+", default=["attn", "block"])
+    parser.add_argument("--confirm-kinds", nargs="+", default=["attn", "block"], choices=SELECT_KINDS,
+                        help="kinds of the headline rows")
+    parser.add_argument("--accuracy-kinds", nargs="+", default=["attn", "block"], choices=SELECT_KINDS)
     parser.add_argument("--docs", type=int, default=500, help="documents per task for the accuracy stage")
     parser.add_argument("--speed-repeats", type=int, default=3)
     parser.add_argument("--greedy-shortlist", type=int, default=10, help="candidates of each kind tried per greedy step")
