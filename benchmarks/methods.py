@@ -10,8 +10,8 @@ Stages, each resumable (every finished row is written to the results JSON at onc
      generate() with the KV cache, baseline and pruned interleaved in one run; rows of one shape share it;
   4. accuracy (k = 8, `--accuracy-kinds`): tasks on `--docs` documents each, with lm-eval's stderr, for the
      unpruned model, the paper's cosine and the best confirmed method, and a paired McNemar test of best vs cosine;
-  5. recovery: the best confirmed Attn-8 and Block-8 recovered with LoRA on the LM loss and with LoRA
-     distillation from the unpruned model, same steps and data;
+  5. recovery: the best confirmed k = 8 drop per `--recover-kinds` (Attn-8 and Block-8 by default) recovered with
+     LoRA on the LM loss and with LoRA distillation from the unpruned model, same steps and data;
   6. report: the tables (Markdown) and a plot of quality against measured speed-up with the Pareto front.
 
 Why a screen: on a 2-core CPU one 64k-token perplexity costs ~6 minutes per corpus, and the grid has ~100 drops
@@ -240,7 +240,7 @@ def accuracy(args, model, tok, state, path) -> None:
 def recovery(args, model, tok, state, path) -> None:
     from layerdrop_patch.recover import recover_lora
 
-    for kind in ("attn", "block"):
+    for kind in args.recover_kinds:
         if kind not in args.kinds:
             continue
         key = _best(state["rows"], kind, 8, "ppl_wikitext2")
@@ -397,6 +397,8 @@ def main() -> None:
     parser.add_argument("--confirm-kinds", nargs="+", default=["attn", "block"], choices=SELECT_KINDS,
                         help="kinds of the headline rows")
     parser.add_argument("--accuracy-kinds", nargs="+", default=["attn", "block"], choices=SELECT_KINDS)
+    parser.add_argument("--recover-kinds", nargs="+", default=["attn", "block"], choices=SELECT_KINDS,
+                        help="kinds whose best confirmed k = 8 drop is recovered")
     parser.add_argument("--docs", type=int, default=500, help="documents per task for the accuracy stage")
     parser.add_argument("--speed-repeats", type=int, default=3)
     parser.add_argument("--greedy-shortlist", type=int, default=10, help="candidates of each kind tried per greedy step")
