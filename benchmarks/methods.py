@@ -175,7 +175,7 @@ def _select(args, model, calibration, scores, state, path, kind: str, k: int, na
         cfg = choose_drop(SelectionConfig(kind=kind, **fields), scores=scores, model=model,
                           calibration=calibration, progress=False).drop_config
     seconds = time.perf_counter() - start
-    pruned = apply_drop(copy.deepcopy(model), DropConfig(attn=cfg.attn, mlp=cfg.mlp))
+    pruned = _pruned(model, {"attn": cfg.attn, "mlp": cfg.mlp})
     removed = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in pruned.parameters())
     return {"kind": kind, "k": k, "method": name, "attn": cfg.attn, "mlp": cfg.mlp,
             "select_seconds": round(seconds, 1), "param_share": removed / _droppable_params(model)}
@@ -401,7 +401,8 @@ def main() -> None:
                         help="kinds whose best confirmed k = 8 drop is recovered")
     parser.add_argument("--docs", type=int, default=500, help="documents per task for the accuracy stage")
     parser.add_argument("--speed-repeats", type=int, default=3)
-    parser.add_argument("--greedy-shortlist", type=int, default=10, help="candidates of each kind tried per greedy step")
+    parser.add_argument("--greedy-shortlist", type=int, default=10,
+                        help="candidates of each kind tried per greedy step")
     parser.add_argument("--recover-steps", type=int, default=100)
     parser.add_argument("--recover-lr", type=float, default=1e-3)
     parser.add_argument("--recover-losses", nargs="+", default=["lm", "distill"],
