@@ -43,7 +43,7 @@ from layerdrop_patch.files import atomic_write_json, atomic_write_text, save_fig
 from layerdrop_patch.plotting import pyplot  # noqa: E402
 from layerdrop_patch.recover.distill import LOSSES  # noqa: E402
 from layerdrop_patch.scoring import CalibrationConfig, compute_importance  # noqa: E402
-from layerdrop_patch.selection import SelectionConfig, choose_drop  # noqa: E402
+from layerdrop_patch.selection import SelectionConfig, choose_drop, greedy_select  # noqa: E402
 from layerdrop_patch.selection.registry import SELECT_KINDS, to_drop_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -159,11 +159,18 @@ def _select(args, model, calibration, scores, state, path, kind: str, k: int, na
     if name in STEPWISE:  # one run to the largest k; each k is a prefix of its order
         orders = state.setdefault("orders", {})
         # an order from a run with smaller --ks is too short for this k: extend it (never truncate silently)
-        if len(orders.get(f"{kind}-{name}", {}).get("history", [])) < k:
-            selection = choose_drop(SelectionConfig(kind=kind, n=max(k, *args.ks), **fields), scores=scores,
-                                    model=model, calibration=calibration, progress=True)
-            orders[f"{kind}-{name}"] = {"history": selection.history,
-                                        "seconds": round(time.perf_counter() - start, 1)}
+        saved = orders.get(f"{kind}-{name}", {"history": [], "seconds": 0.0})
+        if len(saved["history"]) < k:
+            config = SelectionConfig(kind=kind, n=max(k, *args.ks), **fields)
+            if name.startswith("greedy") and saved["history"]:  # go on from the saved order, not from scratch
+                _, history = greedy_select(model, calibration, kind, config.n, objective=config.objective,
+                                           shortlist=config.shortlist, scores=scores.with_metric(config.metric),
+                                           resume=saved["history"], progress=True)
+            else:
+                history = choose_drop(config, scores=scores, model=model, calibration=calibration,
+                                      progress=True).history
+            orders[f"{kind}-{name}"] = {"history": history,
+                                        "seconds": round(saved["seconds"] + time.perf_counter() - start, 1)}
             _save(path, state)
         history = orders[f"{kind}-{name}"]["history"][:k]
         cfg = to_drop_config([(h["kind"], h["layer"]) for h in history], {"attn": [], "mlp": []})

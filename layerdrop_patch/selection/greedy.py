@@ -19,12 +19,12 @@ tests check this against `apply_drop` on a copy.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from layerdrop_patch.architectures import decoder_layers, drop_of, get_architecture
-from layerdrop_patch.errors import ConfigError
+from layerdrop_patch.errors import ConfigError, shorten
 from layerdrop_patch.modeling import modeling_layerdrop as _m
 from layerdrop_patch.scoring.calibration import as_token_tensor
 from layerdrop_patch.selection.registry import (Selection, SelectionInputs, Unit, count_for, is_gone, protected,
@@ -154,6 +154,49 @@ def _with(flags: list[tuple[bool, bool]], unit: Unit) -> list[tuple[bool, bool]]
     return out
 
 
+def _as_unit(entry: Any) -> Unit | None:
+    """A history entry or a `(kind, layer)` pair as a unit; None for anything else."""
+    pair = (entry.get("kind"), entry.get("layer")) if isinstance(entry, dict) else entry
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        return None
+    kind, layer = pair
+    if not isinstance(kind, str) or not isinstance(layer, int) or isinstance(layer, bool):
+        return None
+    return kind, layer
+
+
+def _resumed(resume: Sequence[Any], kind: str, num_layers: int, guarded: set[int], count: int,
+             flags: list[tuple[bool, bool]]) -> list[Unit]:
+    """`resume` as units, checked: each must be a `kind` unit this run could itself have chosen, at most `count`."""
+    if resume is None:
+        return []
+    if isinstance(resume, (str, bytes, dict)) or not isinstance(resume, Sequence):
+        raise ConfigError(f"greedy resume: expected a list of history entries or (kind, layer) pairs, got "
+                          f"{shorten(resume)}.")
+    dropped = {"attn": [i for i, f in enumerate(flags) if f[0]], "mlp": [i for i, f in enumerate(flags) if f[1]]}
+    kinds = sorted({u[0] for u in units(kind, num_layers)})
+    chosen: list[Unit] = []
+    for entry in resume:
+        unit = _as_unit(entry)
+        if unit is None or unit[0] not in kinds:
+            problem = f"is not a unit of kind {' or '.join(kinds)} (a history entry or a (kind, layer) pair)"
+        elif not 0 <= unit[1] < num_layers:
+            problem = f"names layer {unit[1]}, not one of 0-{num_layers - 1}"
+        elif unit[1] in guarded:
+            problem = f"names protected layer {unit[1]}"
+        elif unit in chosen or is_gone(unit, dropped):
+            problem = "is already dropped"
+        else:
+            chosen.append(unit)
+            continue
+        raise ConfigError(f"greedy resume: {shorten(entry)} {problem}; pass the history of an earlier {kind} "
+                          "greedy run on this model with the same protected layers.")
+    if len(chosen) > count:
+        raise ConfigError(f"greedy resume: {len(chosen)} units given but n={count}; resume a shorter prefix or "
+                          "ask for a larger n.")
+    return chosen
+
+
 def _shortlisted(candidates: list[Unit], scores: Any, size: int) -> list[Unit]:
     """The `size` lowest-scoring candidates of each kind. Per kind, because attention and MLP scores are not on one
     scale: ranked together, the kind with the smaller scores fills the whole shortlist and the other is never
@@ -167,14 +210,22 @@ def _shortlisted(candidates: list[Unit], scores: Any, size: int) -> list[Unit]:
 
 def greedy_select(model: Any, calibration: Any, kind: str, n: int | None = None, ratio: float | None = None, *,
                   objective: str = "lm", protect=(), keep_last: bool = False, batch_size: int = 4,
-                  shortlist: int | None = None, scores: Any = None,
+                  shortlist: int | None = None, scores: Any = None, resume: Sequence[Any] = (),
                   progress: bool = True) -> tuple[Any, list[dict[str, Any]]]:
     """(cumulative DropConfig, history) dropping n (or ratio of) `kind` units, each time the one whose removal
     raises the calibration `objective` least. `model` is not modified.
 
     `shortlist` (with importance `scores`): at each step only the `shortlist` remaining candidates of each kind
     with the lowest scores are tried, a large saving on deep models for a small risk of missing the best removal.
+
+    `resume`: the order an earlier run chose (its history, or `(kind, layer)` pairs), for going on to a larger `n`
+    without paying again for the steps already taken. Those units are removed first, in that order, at the cost
+    of one loss evaluation each, and `n` counts them. Greedy is deterministic, so resuming a run's own prefix on
+    the same calibration tokens gives what a run to the larger `n` from scratch would.
     """
+    if shortlist is not None and (isinstance(shortlist, bool) or not isinstance(shortlist, int) or shortlist < 1):
+        raise ConfigError(f"greedy shortlist: {shorten(shortlist)} is not a positive whole number of candidates per "
+                          "kind; pass e.g. shortlist=10, or None to try every candidate.")
     if shortlist is not None and scores is None:
         raise ConfigError("greedy shortlist needs importance scores to rank the candidates (run `layerdrop score`, "
                           "or pass scores=...).")
@@ -187,7 +238,13 @@ def greedy_select(model: Any, calibration: Any, kind: str, n: int | None = None,
     guarded = protected(num_layers, protect, keep_last)
     history: list[dict[str, Any]] = []
     base_loss = trunk.loss()
-    bar = tqdm(range(count), desc=f"greedy {kind} selection ({objective})", unit="drop", disable=not progress)
+    for unit in _resumed(resume, kind, num_layers, guarded, count, trunk.flags):
+        trunk.accept(_with(trunk.flags, unit), start=unit[1])
+        loss = trunk.loss(start=num_layers)  # the accepted state's final hidden states are cached
+        history.append({"step": len(history) + 1, "kind": unit[0], "layer": unit[1], "loss": loss, "resumed": True,
+                        "loss_increase": loss - (history[-1]["loss"] if history else base_loss)})
+    bar = tqdm(range(len(history), count), desc=f"greedy {kind} selection ({objective})", unit="drop",
+               initial=len(history), total=count, disable=not progress)
     for step in bar:
         dropped = {"attn": [i for i, f in enumerate(trunk.flags) if f[0]],
                    "mlp": [i for i, f in enumerate(trunk.flags) if f[1]]}

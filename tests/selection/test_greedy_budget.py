@@ -14,6 +14,7 @@ from layerdrop_patch.errors import ConfigError
 from layerdrop_patch.scoring import ImportanceScores
 from layerdrop_patch.selection import SelectionConfig, budget_select, choose_drop, greedy_select
 from layerdrop_patch.selection.budget import unit_costs
+from layerdrop_patch.selection.greedy import GreedyTrunk
 from tests.conftest import ARCHITECTURE_CASES, tiny_model
 
 IDS = torch.randint(1, 128, (4, 16), generator=torch.Generator().manual_seed(0))
@@ -88,6 +89,53 @@ def test_joint_shortlist_is_per_kind_so_one_kind_cannot_crowd_out_the_other():
     assert (history[0]["kind"], history[0]["layer"]) == (winner_kind, winner_layer)
     with pytest.raises(ConfigError, match="needs importance scores"):
         greedy_select(base, IDS, "joint", n=1, shortlist=2, progress=False)
+
+
+def test_greedy_resume_continues_a_runs_own_prefix_without_repeating_its_steps(monkeypatch):
+    base = tiny_model("llama", 5)
+    _, full = greedy_select(base, IDS, "joint", n=4, batch_size=2, objective="kl", progress=False)
+    evaluations = []
+    original = GreedyTrunk.loss
+    monkeypatch.setattr(GreedyTrunk, "loss", lambda self, *a, **kw: evaluations.append(1) or original(self, *a, **kw))
+    _, resumed = greedy_select(base, IDS, "joint", n=4, batch_size=2, objective="kl", resume=full[:2],
+                               progress=False)
+    assert [(h["kind"], h["layer"]) for h in resumed] == [(h["kind"], h["layer"]) for h in full]
+    assert [h["loss"] for h in resumed] == pytest.approx([h["loss"] for h in full], rel=1e-5)
+    assert [h.get("resumed", False) for h in resumed] == [True, True, False, False]
+    # from scratch: the unpruned loss, then 10 + 9 + 8 + 7 candidates; resumed: the unpruned loss, one per
+    # replayed unit, then the 8 + 7 candidates of the last two steps
+    assert len(evaluations) == 1 + 2 + 8 + 7
+
+
+def test_greedy_resume_removes_the_given_units_first_even_where_greedy_would_not():
+    base = tiny_model("llama", 5)
+    _, free = greedy_select(base, IDS, "attn", n=4, progress=False)
+    forced = ("attn", free[-1]["layer"])  # greedy's own fourth choice, forced first
+    _, history = greedy_select(base, IDS, "attn", n=2, resume=[forced], progress=False)
+    assert (history[0]["kind"], history[0]["layer"]) == forced
+    assert history[0]["loss"] == pytest.approx(_loss(apply_drop(copy.deepcopy(base), DropConfig(attn=[forced[1]])),
+                                                     "lm"), rel=1e-4)
+    second = {layer: _loss(apply_drop(copy.deepcopy(base), DropConfig(attn=sorted({forced[1], layer}))), "lm")
+              for layer in range(5) if layer != forced[1]}
+    assert (history[1]["kind"], history[1]["layer"]) == ("attn", min(second, key=second.get))
+
+
+@pytest.mark.parametrize("resume, message", [
+    ([("mlp", 1)], "is not a unit of kind attn"), ([("attn", 9)], "not one of 0-4"),
+    ([("attn", 0)], "protected layer 0"), ([("attn", 1), ("attn", 1)], "already dropped"),
+    ([("attn", 1), ("attn", 2), ("attn", 3)], "n=2"), ("attn", "expected a list"),
+    ([{"kind": "attn"}], "is not a unit of kind attn"), ([("attn", True)], "is not a unit of kind attn"),
+])
+def test_greedy_resume_rejects_what_this_run_could_not_have_chosen(resume, message):
+    with pytest.raises(ConfigError, match=f"greedy resume: .*{message}"):
+        greedy_select(tiny_model("llama", 5), IDS, "attn", n=2, protect=[0], resume=resume, progress=False)
+
+
+@pytest.mark.parametrize("shortlist", [0, -1, 2.5, True])
+def test_greedy_rejects_a_shortlist_that_is_not_a_positive_count(shortlist):
+    scores = _scores([0.1] * 5, [0.1] * 5)
+    with pytest.raises(ConfigError, match="greedy shortlist: .* positive whole number"):
+        greedy_select(tiny_model("llama", 5), IDS, "attn", n=1, shortlist=shortlist, scores=scores, progress=False)
 
 
 def test_greedy_through_choose_drop_respects_protect_and_earlier_drops():
