@@ -5,7 +5,8 @@ Stages, each resumable (every finished row is written to the results JSON at onc
      perplexity on the first `--screen-tokens` held-out WikiText-2 tokens (never calibration tokens;
      `layerdrop_patch.corpora`); a drop two methods agree on is measured once;
   2. confirm: the headline rows (unpruned; per `--confirm-kinds` at k = 8 the paper's cosine and the
-     best-screened method) on `--ppl-tokens` held-out tokens of WikiText-2 and of C4, paired tests against cosine;
+     best-screened method; or the rows `--confirm-rows` names) on `--ppl-tokens` held-out tokens of WikiText-2
+     and of C4, paired tests against cosine;
   3. speed: the measured speed-up of each drop shape (number of attention and MLP sublayers dropped), through
      generate() with the KV cache, baseline and pruned interleaved in one run; rows of one shape share it;
   4. accuracy (k = 8, `--accuracy-kinds`): tasks on `--docs` documents each, with lm-eval's stderr, for the
@@ -197,8 +198,13 @@ def confirm(args, model, tok, state, path) -> None:
     """The headline rows on `--ppl-tokens` of WikiText-2 and C4: unpruned, and per kind (`--confirm-kinds`) at k=8
     the paper's cosine and the best-screened method."""
     rows = state["rows"]
-    keys = ["baseline"] + [key for kind in args.confirm_kinds
-                           for key in dict.fromkeys([f"{kind}-8-cosine", _best(rows, kind, 8)]) if key in rows]
+    headline = ["baseline"] + [key for kind in args.confirm_kinds
+                               for key in dict.fromkeys([f"{kind}-8-cosine", _best(rows, kind, 8)]) if key in rows]
+    keys = args.confirm_rows or headline
+    unknown = [key for key in keys if key not in rows]
+    if unknown:
+        raise SystemExit(f"--confirm-rows: {', '.join(unknown)} not in {path}; screen them with the grid stage "
+                         "first.")
     for key in keys:
         row = rows[key]
         for dataset in ("wikitext2", "c4"):
@@ -403,6 +409,8 @@ def main() -> None:
     parser.add_argument("--ppl-tokens", type=int, default=65536, help="tokens per corpus for the headline rows")
     parser.add_argument("--confirm-kinds", nargs="+", default=["attn", "block"], choices=SELECT_KINDS,
                         help="kinds of the headline rows")
+    parser.add_argument("--confirm-rows", nargs="+", metavar="ROW", help="confirm these rows (e.g. baseline "
+                        "attn-8-greedy-kl) instead of the headline set, to choose the order or split the stage")
     parser.add_argument("--accuracy-kinds", nargs="+", default=["attn", "block"], choices=SELECT_KINDS)
     parser.add_argument("--recover-kinds", nargs="+", default=["attn", "block"], choices=SELECT_KINDS,
                         help="kinds whose best confirmed k = 8 drop is recovered")
