@@ -380,7 +380,8 @@ def plot(state, model_name: str, out: Path) -> Path:
         ys = [y for _, y, m in points if m == method]
         ax.scatter(xs, ys, s=22, color=cmap(i % 20), label=method, alpha=0.85)
     front, best = [], math.inf
-    for x, y, _ in sorted(points, key=lambda p: -p[0]):  # fastest first: keep points better than all faster ones
+    # fastest first, and at one speed (rows of one shape) the best first: keep points better than all faster ones
+    for x, y, _ in sorted(points, key=lambda p: (-p[0], p[1])):
         if y < best:
             front.append((x, y))
             best = y
