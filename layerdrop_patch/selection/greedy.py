@@ -166,14 +166,13 @@ def _as_unit(entry: Any) -> Unit | None:
 
 
 def _resumed(resume: Sequence[Any], kind: str, num_layers: int, guarded: set[int], count: int,
-             flags: list[tuple[bool, bool]]) -> list[Unit]:
+             dropped: dict[str, list[int]]) -> list[Unit]:
     """`resume` as units, checked: each must be a `kind` unit this run could itself have chosen, at most `count`."""
     if resume is None:
         return []
     if isinstance(resume, (str, bytes, dict)) or not isinstance(resume, Sequence):
         raise ConfigError(f"greedy resume: expected a list of history entries or (kind, layer) pairs, got "
                           f"{shorten(resume)}.")
-    dropped = {"attn": [i for i, f in enumerate(flags) if f[0]], "mlp": [i for i, f in enumerate(flags) if f[1]]}
     kinds = sorted({u[0] for u in units(kind, num_layers)})
     chosen: list[Unit] = []
     for entry in resume:
@@ -231,14 +230,16 @@ def greedy_select(model: Any, calibration: Any, kind: str, n: int | None = None,
                           "or pass scores=...).")
     from tqdm.auto import tqdm
 
-    ids, description = as_token_tensor(calibration)
-    trunk = GreedyTrunk(model, ids, batch_size, objective)
-    num_layers = len(trunk.layers)
+    num_layers = len(decoder_layers(model))
     count = count_for(kind, num_layers, n, ratio)
     guarded = protected(num_layers, protect, keep_last)
+    earlier = drop_of(model)  # checked before the trunk's copy and capture, which take minutes on a large model
+    resumed = _resumed(resume, kind, num_layers, guarded, count, {"attn": list(earlier.attn), "mlp": list(earlier.mlp)})
+    ids, description = as_token_tensor(calibration)
+    trunk = GreedyTrunk(model, ids, batch_size, objective)
     history: list[dict[str, Any]] = []
     base_loss = trunk.loss()
-    for unit in _resumed(resume, kind, num_layers, guarded, count, trunk.flags):
+    for unit in resumed:
         trunk.accept(_with(trunk.flags, unit), start=unit[1])
         loss = trunk.loss(start=num_layers)  # the accepted state's final hidden states are cached
         history.append({"step": len(history) + 1, "kind": unit[0], "layer": unit[1], "loss": loss, "resumed": True,

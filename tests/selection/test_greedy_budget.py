@@ -126,7 +126,9 @@ def test_greedy_resume_removes_the_given_units_first_even_where_greedy_would_not
     ([("attn", 1), ("attn", 2), ("attn", 3)], "n=2"), ("attn", "expected a list"),
     ([{"kind": "attn"}], "is not a unit of kind attn"), ([("attn", True)], "is not a unit of kind attn"),
 ])
-def test_greedy_resume_rejects_what_this_run_could_not_have_chosen(resume, message):
+def test_greedy_resume_rejects_what_this_run_could_not_have_chosen(resume, message, monkeypatch):
+    # refused before the working copy is built and run, which takes minutes on a large model
+    monkeypatch.setattr(GreedyTrunk, "__init__", lambda *a, **kw: pytest.fail("resume was checked too late"))
     with pytest.raises(ConfigError, match=f"greedy resume: .*{message}"):
         greedy_select(tiny_model("llama", 5), IDS, "attn", n=2, protect=[0], resume=resume, progress=False)
 
