@@ -201,10 +201,6 @@ def confirm(args, model, tok, state, path) -> None:
     headline = ["baseline"] + [key for kind in args.confirm_kinds
                                for key in dict.fromkeys([f"{kind}-8-cosine", _best(rows, kind, 8)]) if key in rows]
     keys = args.confirm_rows or headline
-    unknown = [key for key in keys if key not in rows]
-    if unknown:
-        raise SystemExit(f"--confirm-rows: {', '.join(unknown)} not in {path}; screen them with the grid stage "
-                         "first.")
     for key in keys:
         row = rows[key]
         for dataset in ("wikitext2", "c4"):
@@ -433,6 +429,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     path = args.results / f"methods_{args.model}.json"
     state = _load_state(path)
+    unknown = [key for key in args.confirm_rows or () if key not in state["rows"]]
+    if unknown:  # before the model loads
+        parser.error(f"--confirm-rows: {', '.join(unknown)} not in {path}; screen them with the grid stage first.")
     state["settings"] = {k: v for k, v in vars(args).items() if k != "stages"}
     model, tok = load_model(args.model)
     if "grid" in args.stages:
