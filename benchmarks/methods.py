@@ -3,7 +3,9 @@
 Stages, each resumable (every finished row is written to the results JSON at once, and a rerun skips it):
   1. grid: for every kind (attn, mlp, block, joint), k and selection method, the drop it chooses and its
      perplexity on the first `--screen-tokens` held-out WikiText-2 tokens (never calibration tokens;
-     `layerdrop_patch.corpora`); a drop two methods agree on is measured once;
+     `layerdrop_patch.corpora`); a drop two methods agree on is measured once; greedy orders are saved after
+     every step and resumed (`choose_drop(resume=, on_step=)`), so an interruption or a larger k costs no
+     step twice;
   2. confirm: the headline rows (unpruned; per `--confirm-kinds` at k = 8 the paper's cosine and the
      best-screened method; or the rows `--confirm-rows` names) on `--ppl-tokens` held-out tokens of WikiText-2
      and of C4, paired tests against cosine;
@@ -44,7 +46,7 @@ from layerdrop_patch.files import atomic_write_json, atomic_write_text, save_fig
 from layerdrop_patch.plotting import pyplot  # noqa: E402
 from layerdrop_patch.recover.distill import LOSSES  # noqa: E402
 from layerdrop_patch.scoring import CalibrationConfig, compute_importance  # noqa: E402
-from layerdrop_patch.selection import SelectionConfig, choose_drop, greedy_select  # noqa: E402
+from layerdrop_patch.selection import METHODS as METHODS_REGISTRY, SelectionConfig, choose_drop  # noqa: E402
 from layerdrop_patch.selection.registry import SELECT_KINDS, to_drop_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -163,16 +165,16 @@ def _select(args, model, calibration, scores, state, path, kind: str, k: int, na
         saved = orders.get(f"{kind}-{name}", {"history": [], "seconds": 0.0})
         if len(saved["history"]) < k:
             config = SelectionConfig(kind=kind, n=max(k, *args.ks), **fields)
-            if name.startswith("greedy") and saved["history"]:  # go on from the saved order, not from scratch
-                _, history = greedy_select(model, calibration, kind, config.n, objective=config.objective,
-                                           shortlist=config.shortlist, scores=scores.with_metric(config.metric),
-                                           resume=saved["history"], progress=True)
-            else:
-                history = choose_drop(config, scores=scores, model=model, calibration=calibration,
-                                      progress=True).history
-            orders[f"{kind}-{name}"] = {"history": history,
-                                        "seconds": round(saved["seconds"] + time.perf_counter() - start, 1)}
-            _save(path, state)
+            resumable = METHODS_REGISTRY[config.method].resumable
+
+            def record(history: list) -> None:  # after every greedy step: an interruption loses at most one
+                orders[f"{kind}-{name}"] = {"history": history,
+                                            "seconds": round(saved["seconds"] + time.perf_counter() - start, 1)}
+                _save(path, state)
+            # greedy goes on from the saved (perhaps partial) order, not from scratch; iterative starts again
+            resume = saved["history"] if saved["history"] and resumable else None
+            record(choose_drop(config, scores=scores, model=model, calibration=calibration, resume=resume,
+                               on_step=record if resumable else None, progress=True).history)
         history = orders[f"{kind}-{name}"]["history"][:k]
         cfg = to_drop_config([(h["kind"], h["layer"]) for h in history], {"attn": [], "mlp": []})
     else:

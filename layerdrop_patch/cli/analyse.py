@@ -94,6 +94,9 @@ def drop(
 ):
     """Drop sublayers and save a portable checkpoint (loads with plain transformers + trust_remote_code).
 
+    --method greedy records its order in OUT-selection/ after every step: run the same command again after an
+    interruption, or with a larger -n, and it goes on from there.
+
     Examples:
 
       layerdrop drop smollm2-135m --kind attn -n 4 --scores scores/scores.json -o smol-attn4
@@ -103,6 +106,7 @@ def drop(
       layerdrop drop smollm2-135m --attn 25,26 --blocks 28 -o smol-manual
     """
     from layerdrop_patch.config import DropConfig
+    from layerdrop_patch.files import claim_directory
     from layerdrop_patch.models import load_model
     from layerdrop_patch.run import pipeline
     from layerdrop_patch.scoring import ImportanceScores
@@ -111,19 +115,27 @@ def drop(
     manual = [int_list(attn, "--attn"), int_list(mlp, "--mlp"), int_list(blocks, "--blocks")]
     config = None if any(manual) else selection(**({"method": "iterative"} if mode == "iterative" else {}))
     loaded = ImportanceScores.load(scores) if scores else None
-    check_output(out, model, overwrite)  # before the model is loaded
+    check_output(out, model, overwrite)  # before the model is loaded, as are the directories beside OUT:
+    method = METHODS[config.method] if config is not None else None
+    scores_dir = out.parent / f"{out.name}-scores"  # scores computed here
+    if method is not None and "scores" in method.needs and loaded is None:
+        claim_directory(scores_dir, "drop", overwrite)
+    # a resumable method (greedy) records each step beside OUT, so an interrupted run goes on where it stopped
+    record_dir = out.parent / f"{out.name}-selection" if method is not None and method.resumable else None
+    if record_dir is not None:
+        claim_directory(record_dir, "drop", overwrite)
     m, tok = load_model(model, load)
     if config is None:
         cfg = DropConfig(attn=sorted(set(manual[0]) | set(manual[2])), mlp=sorted(set(manual[1]) | set(manual[2])))
     else:
-        needs = METHODS[config.method].needs
-        cal = calibration.load(tok) if ("scores" in needs and loaded is None) or "calibration" in needs else None
+        cal = calibration.load(tok) if ("scores" in method.needs and loaded is None) or "calibration" in method.needs \
+            else None
         if cal is not None:
             console.print(f"calibration: {cal.description}", highlight=False)
-        if "scores" in needs and loaded is None:
-            loaded = pipeline.score_model(m, cal, out.parent / f"{out.name}-scores", metric=config.metric,
-                                          model_name=model)
-        cfg = pipeline.choose_and_record(config, scores=loaded, model=m, calibration=cal).drop_config
+        if "scores" in method.needs and loaded is None:
+            loaded = pipeline.score_model(m, cal, scores_dir, metric=config.metric, model_name=model)
+        cfg = pipeline.choose_and_record(config, scores=loaded, model=m, calibration=cal,
+                                         out_dir=record_dir).drop_config
     result = pipeline.drop_and_save(m, tok, cfg, out, base_model=model, overwrite=overwrite)
     console.print(render.drop_table(result))
     console.print(f"saved {out}", highlight=False)

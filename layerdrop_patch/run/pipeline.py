@@ -9,10 +9,13 @@ parses options and prints; recipes only decide which step runs.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from layerdrop_patch.architectures import decoder_layers, drop_of
 from layerdrop_patch.checkpoint import save_pretrained
 from layerdrop_patch.config import DropConfig
 from layerdrop_patch.errors import ConfigError
@@ -20,10 +23,14 @@ from layerdrop_patch.evaluation.suite import EvaluationConfig, evaluate_model
 from layerdrop_patch.files import atomic_write_json, checkpoint_bytes
 from layerdrop_patch.patch import apply_drop, kept_attention_layers, parameter_bytes
 from layerdrop_patch.scoring import ImportanceScores, compute_importance, plot_importance
-from layerdrop_patch.selection import Selection, SelectionConfig, choose_drop
+from layerdrop_patch.scoring.calibration import as_token_tensor
+from layerdrop_patch.selection import METHODS, Selection, SelectionConfig, choose_drop
+from layerdrop_patch.selection.registry import count_for
 from layerdrop_patch.selection.plots import plot_drop_order
 
-__all__ = ["score_model", "choose_and_record", "drop_and_save", "drop_sweep"]
+__all__ = ["score_model", "choose_and_record", "drop_and_save", "drop_sweep", "SELECTION_HISTORY"]
+
+SELECTION_HISTORY = "selection_history.json"
 
 
 def score_model(model: Any, calibration: Any, out_dir: str | os.PathLike | None = None, *, metric: str = "cosine",
@@ -48,10 +55,25 @@ def choose_and_record(config: SelectionConfig, *, scores: ImportanceScores | Non
                       calibration: Any = None, progress: bool = True,
                       out_dir: str | os.PathLike | None = None) -> Selection:
     """`choose_drop`; with `out_dir` also `drop_config.json` and, for step-by-step methods, the order in which
-    units were really dropped (`drop_order_<method>.png`)."""
+    units were really dropped (`drop_order_<method>.png`).
+
+    A method that can resume (greedy, minutes per step on a large model) also records its order in
+    `out_dir/selection_history.json` after every step, keyed by everything the order depends on except its length.
+    Run again after an interruption, or with a larger `n`, it goes on from the recorded steps (a smaller `n` takes
+    their prefix: greedy is deterministic); with any other change it starts again and replaces the record."""
     if scores is not None and scores.metric != config.metric:
         scores = scores.with_metric(config.metric)
-    selection = choose_drop(config, scores=scores, model=model, calibration=calibration, progress=progress)
+    resume = on_step = None
+    if out_dir is not None and model is not None and METHODS[config.method].resumable:
+        record, key = Path(out_dir) / SELECTION_HISTORY, _selection_key(config, scores, model, calibration)
+        recorded = _recorded_order(record, key)
+        count = count_for(config.kind, len(decoder_layers(model)), config.n, config.ratio)
+        resume = recorded[:count] if recorded and count else None
+
+        def on_step(history: list[dict[str, Any]]) -> None:
+            atomic_write_json(record, {"key": key, "history": history})
+    selection = choose_drop(config, scores=scores, model=model, calibration=calibration, resume=resume,
+                            on_step=on_step, progress=progress)
     if out_dir is not None:
         out = Path(out_dir)
         atomic_write_json(out / "drop_config.json", selection.drop_config.to_dict())
@@ -60,6 +82,36 @@ def choose_and_record(config: SelectionConfig, *, scores: ImportanceScores | Non
             plot_drop_order(selection.history, out / f"drop_order_{config.method}.png", kind=config.kind,
                             num_layers=num_layers)
     return selection
+
+
+def _selection_key(config: SelectionConfig, scores: ImportanceScores | None, model: Any, calibration: Any) -> str:
+    """A digest of what a greedy order depends on: the selection settings but n and ratio (each n is a prefix of
+    the order), the model (name, weights, dtype, sublayers already dropped), the calibration token ids and the
+    scores that rank a shortlist."""
+    ids, _ = as_token_tensor(calibration) if calibration is not None else (None, None)
+    drop = drop_of(model)
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("n", "ratio")}
+    weights = hashlib.sha256()  # the first values of every tensor: tells checkpoints of one name apart, cheaply
+    for tensor in (t for t in model.parameters() if t.device.type != "meta"):
+        weights.update(tensor.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    parts = {"config": settings, "model": str(getattr(model.config, "_name_or_path", "")),
+             "weights": weights.hexdigest(),
+             "dtype": str(next(model.parameters()).dtype), "dropped": [list(drop.attn), list(drop.mlp)],
+             "calibration": None if ids is None else hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest(),
+             "scores": None if scores is None else [scores.scores_for(k) for k in ("attn", "mlp")]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _recorded_order(record: Path, key: str) -> list[dict[str, Any]] | None:
+    """The steps recorded under `key`, or None to start again: no record, another run's, or one that cannot be
+    read (written atomically, so only a hand edit makes one unreadable)."""
+    try:
+        saved = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("key") != key or not isinstance(saved.get("history"), list):
+        return None
+    return saved["history"]
 
 
 def drop_and_save(model: Any, tokenizer: Any, drop_config: DropConfig, out_dir: str | os.PathLike, *,

@@ -9,7 +9,7 @@
     METHODS              the registry (`register_method` adds one)
 """
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from layerdrop_patch.errors import ConfigError
 from layerdrop_patch.selection import budget as _budget  # noqa: F401  (registers "budget")
@@ -29,12 +29,21 @@ __all__ = ["SelectionConfig", "choose_drop", "select", "drop_order", "iterative_
 
 
 def choose_drop(config: SelectionConfig, *, scores: Any = None, model: Any = None, calibration: Any = None,
+                resume: Sequence[Any] | None = None, on_step: Callable[[list[dict[str, Any]]], None] | None = None,
                 progress: bool = True) -> Selection:
-    """Run the method `config.method` with what it needs (see `METHODS[...].needs`); names what is missing."""
+    """Run the method `config.method` with what it needs (see `METHODS[...].needs`); names what is missing.
+
+    For a step-by-step method registered `resumable` (greedy): `resume` is an earlier run's order (its
+    `Selection.history`) to go on from to a larger `n` without paying again for its steps, and `on_step(history)`
+    is told the order after each step, so that an interrupted run can be resumed."""
     if config.planned:
         raise ConfigError("a drop with a target (target_speedup, kv_budget, param_budget) is planned, not selected: "
                           "use layerdrop_patch.planning.plan_drop, `layerdrop plan`, or a recipe.")
     method = METHODS[config.method]
+    if (resume is not None or on_step is not None) and not method.resumable:
+        resumable = sorted(name for name, m in METHODS.items() if m.resumable)
+        raise ConfigError(f"resume: method {config.method!r} does not go on from an earlier order; only "
+                          f"{', '.join(resumable)} does. Drop resume= and on_step=, or use method={resumable[0]!r}.")
     given = {"scores": scores, "model": model, "calibration": calibration}
     missing = [need for need in method.needs if given[need] is None]
     if missing:
@@ -50,7 +59,7 @@ def choose_drop(config: SelectionConfig, *, scores: Any = None, model: Any = Non
         dropped = {"attn": list(drop.attn), "mlp": list(drop.mlp)}
     else:
         raise ConfigError("choose_drop needs importance scores or the model (to know its layers).")
-    inputs = SelectionInputs(num_layers, scores, model, calibration, dropped, progress)
+    inputs = SelectionInputs(num_layers, scores, model, calibration, dropped, progress, resume, on_step)
     selection = method.choose(config, inputs)
     if model is not None and selection.drop_config.base_model is None:
         selection.drop_config.base_model = getattr(model.config, "_name_or_path", None)

@@ -19,7 +19,7 @@ tests check this against `apply_drop` on a copy.
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -210,6 +210,7 @@ def _shortlisted(candidates: list[Unit], scores: Any, size: int) -> list[Unit]:
 def greedy_select(model: Any, calibration: Any, kind: str, n: int | None = None, ratio: float | None = None, *,
                   objective: str = "lm", protect=(), keep_last: bool = False, batch_size: int = 4,
                   shortlist: int | None = None, scores: Any = None, resume: Sequence[Any] = (),
+                  on_step: Callable[[list[dict[str, Any]]], None] | None = None,
                   progress: bool = True) -> tuple[Any, list[dict[str, Any]]]:
     """(cumulative DropConfig, history) dropping n (or ratio of) `kind` units, each time the one whose removal
     raises the calibration `objective` least. `model` is not modified.
@@ -221,6 +222,9 @@ def greedy_select(model: Any, calibration: Any, kind: str, n: int | None = None,
     without paying again for the steps already taken. Those units are removed first, in that order, at the cost
     of one loss evaluation each, and `n` counts them. Greedy is deterministic, so resuming a run's own prefix on
     the same calibration tokens gives what a run to the larger `n` from scratch would.
+
+    `on_step(history)`: called with the order so far after each new step, so a caller can record it and resume an
+    interrupted run (what `run.pipeline.choose_and_record` does).
     """
     if shortlist is not None and (isinstance(shortlist, bool) or not isinstance(shortlist, int) or shortlist < 1):
         raise ConfigError(f"greedy shortlist: {shorten(shortlist)} is not a positive whole number of candidates per "
@@ -260,6 +264,8 @@ def greedy_select(model: Any, calibration: Any, kind: str, n: int | None = None,
         history.append({"step": step + 1, "kind": best[0], "layer": best[1], "loss": losses[best],
                         "loss_increase": losses[best] - (history[-1]["loss"] if history else base_loss)})
         bar.set_postfix(dropped=f"{best[0]} {best[1]}", loss=f"{losses[best]:.4f}")
+        if on_step is not None:
+            on_step([dict(h) for h in history])
     dropped = {"attn": [i for i, f in enumerate(trunk.flags) if f[0]],
                "mlp": [i for i, f in enumerate(trunk.flags) if f[1]]}
     cfg = to_drop_config([], dropped, method=f"greedy-{kind}-{objective}", metric=f"calibration {objective} loss",
@@ -269,10 +275,11 @@ def greedy_select(model: Any, calibration: Any, kind: str, n: int | None = None,
 
 @register_method("greedy", needs=("model", "calibration"),
                  description="loss-aware greedy: drop the unit whose removal raises the calibration loss least "
-                             "(FinerCut-style), step by step on the pruned model")
+                             "(FinerCut-style), step by step on the pruned model", resumable=True)
 def _greedy(config: Any, inputs: SelectionInputs) -> Selection:
     scores = inputs.scores.with_metric(config.metric) if inputs.scores is not None else None
     cfg, history = greedy_select(inputs.model, inputs.calibration, config.kind, config.n, config.ratio,
                                  objective=config.objective, protect=config.protect, keep_last=config.keep_last,
-                                 shortlist=config.shortlist, scores=scores, progress=inputs.progress)
+                                 shortlist=config.shortlist, scores=scores, resume=inputs.resume or (),
+                                 on_step=inputs.on_step, progress=inputs.progress)
     return Selection(cfg, history)

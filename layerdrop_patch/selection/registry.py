@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from layerdrop_patch.config import DropConfig
 from layerdrop_patch.errors import ConfigError, shorten
@@ -36,6 +36,8 @@ class SelectionInputs:
     calibration: Any = None
     dropped: dict[str, list[int]] = field(default_factory=lambda: {"attn": [], "mlp": []})
     progress: bool = True
+    resume: Sequence[Any] | None = None  # an earlier run's order to go on from (methods registered `resumable`)
+    on_step: Callable[[list[dict[str, Any]]], None] | None = None  # told the order after each step (resumable)
 
 
 @dataclass
@@ -52,15 +54,17 @@ class Method:
     choose: Callable[[Any, SelectionInputs], Selection]
     needs: tuple[str, ...]  # of "scores", "model", "calibration"
     description: str
+    resumable: bool = False  # step-by-step methods that can go on from an earlier run's order
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, *, needs: Iterable[str] = (), description: str = ""):
-    """Register `choose(config: SelectionConfig, inputs: SelectionInputs) -> Selection` under `name`."""
+def register_method(name: str, *, needs: Iterable[str] = (), description: str = "", resumable: bool = False):
+    """Register `choose(config: SelectionConfig, inputs: SelectionInputs) -> Selection` under `name`.
+    `resumable`: the method honours `inputs.resume` and `inputs.on_step`; `choose_drop` refuses them for any other."""
     def decorate(fn):
-        METHODS[name] = Method(name, fn, tuple(needs), description)
+        METHODS[name] = Method(name, fn, tuple(needs), description, resumable)
         return fn
     return decorate
 

@@ -90,6 +90,27 @@ def test_drop_manual_blocks_and_a_baseline_without_scores(runner, work, manual):
     assert (cfg["attn"], cfg["mlp"], cfg["method"]) == ([], [1, 2], "reverse-mlp")  # deepest first, last kept
 
 
+def test_greedy_drop_records_its_order_beside_the_output_and_a_rerun_goes_on_from_it(runner, work):
+    greedy = ("drop", work / "tiny", "--kind", "attn", "--method", "greedy", "--n-samples", 4, "--seq-len", 32)
+    invoke(runner, *greedy, "-n", 2, "-o", work / "greedy")
+    record = json.loads((work / "greedy-selection" / "selection_history.json").read_text())["history"]
+    cfg = json.loads((work / "greedy" / "config.json").read_text())["drop_config"]
+    assert cfg["attn"] == sorted(h["layer"] for h in record) and len(record) == 2
+    assert (work / "greedy-selection" / "drop_config.json").is_file()
+    invoke(runner, *greedy, "-n", 3, "-o", work / "greedy", "--overwrite")  # one more step, not three
+    longer = json.loads((work / "greedy-selection" / "selection_history.json").read_text())["history"]
+    assert [h["layer"] for h in longer[:2]] == [h["layer"] for h in record]
+    assert [h.get("resumed", False) for h in longer] == [True, True, False]
+    assert json.loads((work / "greedy" / "config.json").read_text())["drop_config"]["attn"] == sorted(
+        h["layer"] for h in longer)
+    # a directory of the user's where the record would go is refused, untouched, before the model loads
+    (work / "mine-selection").mkdir()
+    (work / "mine-selection" / "notes.txt").write_text("mine")
+    result = invoke(runner, *greedy, "-n", 2, "-o", work / "mine", ok=False)
+    assert result.exit_code == 1 and "mine-selection already holds files" in result.output
+    assert [f.name for f in (work / "mine-selection").iterdir()] == ["notes.txt"] and not (work / "mine").exists()
+
+
 def test_user_errors_are_one_line_without_traceback(runner, work):
     result = invoke(runner, "drop", work / "tiny", "--attn", 9, "-o", work / "bad", ok=False)
     assert result.exit_code == 1

@@ -120,6 +120,25 @@ def test_greedy_resume_removes_the_given_units_first_even_where_greedy_would_not
     assert (history[1]["kind"], history[1]["layer"]) == ("attn", min(second, key=second.get))
 
 
+def test_choose_drop_passes_resume_to_greedy_and_refuses_it_for_methods_that_cannot_go_on(monkeypatch):
+    base = tiny_model("llama", 5)
+    config = SelectionConfig(kind="attn", n=3, method="greedy")
+    full = choose_drop(config, model=base, calibration=IDS, progress=False)
+    resumed = choose_drop(config, model=base, calibration=IDS, resume=full.history[:2], progress=False)
+    assert [h["layer"] for h in resumed.history] == [h["layer"] for h in full.history]
+    assert [h.get("resumed", False) for h in resumed.history] == [True, True, False]
+    assert resumed.drop_config.attn == full.drop_config.attn
+    # the resumed units really are replayed, not chosen again: a forced first unit comes first
+    forced = choose_drop(config, model=base, calibration=IDS, resume=[("attn", full.history[2]["layer"])],
+                         progress=False)
+    assert forced.history[0]["layer"] == full.history[2]["layer"]
+    monkeypatch.setattr(GreedyTrunk, "__init__", lambda *a, **kw: pytest.fail("ran a method that cannot resume"))
+    for method in ("iterative", "random"):
+        with pytest.raises(ConfigError, match=f"resume: method '{method}' does not go on .* only greedy"):
+            choose_drop(SelectionConfig(kind="attn", n=3, method=method), model=base, calibration=IDS,
+                        resume=full.history[:2], progress=False)
+
+
 @pytest.mark.parametrize("resume, message", [
     ([("mlp", 1)], "is not a unit of kind attn"), ([("attn", 9)], "not one of 0-4"),
     ([("attn", 0)], "protected layer 0"), ([("attn", 1), ("attn", 1)], "already dropped"),

@@ -1,0 +1,91 @@
+"""An interrupted greedy selection goes on from its record (`run.pipeline.choose_and_record` with an output dir):
+the order is the one an uninterrupted run chooses, the recorded steps are not paid for again, and a record made
+with other settings is never reused. The reference is an uninterrupted run in a directory of its own."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from layerdrop_patch.run.pipeline import SELECTION_HISTORY, choose_and_record
+from layerdrop_patch.selection import SelectionConfig
+from layerdrop_patch.selection.greedy import GreedyTrunk
+from tests.conftest import tiny_model
+
+IDS = torch.randint(1, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+
+
+def _order(history):
+    return [(h["kind"], h["layer"]) for h in history]
+
+
+def _count_losses(monkeypatch) -> list[int]:
+    evaluations: list[int] = []
+    original = GreedyTrunk.loss
+    monkeypatch.setattr(GreedyTrunk, "loss", lambda self, *a, **kw: evaluations.append(1) or original(self, *a, **kw))
+    return evaluations
+
+
+def _choose(out_dir, n=4, objective="lm", base=None):
+    return choose_and_record(SelectionConfig(kind="joint", n=n, method="greedy", objective=objective),
+                             model=base or tiny_model("llama", 5), calibration=IDS, progress=False, out_dir=out_dir)
+
+
+def test_an_interrupted_greedy_run_goes_on_from_its_recorded_steps(tmp_path, monkeypatch):
+    reference = _choose(tmp_path / "reference")
+    accepted, original_accept = [], GreedyTrunk.accept
+
+    def interrupt_on_the_third_step(self, *args, **kwargs):
+        if len(accepted) == 2:
+            raise KeyboardInterrupt
+        accepted.append(1)
+        return original_accept(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(GreedyTrunk, "accept", interrupt_on_the_third_step)
+        with pytest.raises(KeyboardInterrupt):
+            _choose(tmp_path / "run")
+    record = json.loads((tmp_path / "run" / SELECTION_HISTORY).read_text())
+    assert _order(record["history"]) == _order(reference.history)[:2]
+    assert not (tmp_path / "run" / "drop_config.json").exists()
+
+    evaluations = _count_losses(monkeypatch)
+    resumed = _choose(tmp_path / "run")
+    assert _order(resumed.history) == _order(reference.history)
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in reference.history], rel=1e-5)
+    assert [h.get("resumed", False) for h in resumed.history] == [True, True, False, False]
+    assert len(evaluations) == 1 + 2 + 8 + 7  # unpruned, the 2 replayed steps, then 8 + 7 candidates (not 10 + 9)
+    assert resumed.drop_config.attn == reference.drop_config.attn
+    assert resumed.drop_config.mlp == reference.drop_config.mlp
+    assert _order(json.loads((tmp_path / "run" / SELECTION_HISTORY).read_text())["history"]) == _order(
+        reference.history)
+
+
+def test_a_larger_n_extends_the_record_and_a_smaller_n_takes_its_prefix(tmp_path, monkeypatch):
+    reference = _choose(tmp_path / "reference")
+    _choose(tmp_path / "run", n=2)
+    longer = _choose(tmp_path / "run", n=4)
+    assert _order(longer.history) == _order(reference.history)
+    assert [h.get("resumed", False) for h in longer.history] == [True, True, False, False]
+    evaluations = _count_losses(monkeypatch)
+    shorter = _choose(tmp_path / "run", n=1)
+    assert _order(shorter.history) == _order(reference.history)[:1] and len(evaluations) == 1 + 1
+    assert len(json.loads((tmp_path / "run" / SELECTION_HISTORY).read_text())["history"]) == 4  # kept whole
+
+
+@pytest.mark.parametrize("spoil", ["other settings", "unreadable", "other model"])
+def test_a_record_made_otherwise_is_never_reused(tmp_path, spoil):
+    _choose(tmp_path / "run", n=2)
+    record = tmp_path / "run" / SELECTION_HISTORY
+    kwargs = {}
+    if spoil == "other settings":
+        kwargs["objective"] = "kl"
+    elif spoil == "unreadable":
+        record.write_text('{"key": "trunc')
+    else:
+        kwargs["base"] = tiny_model("llama", 5, seed=1)  # same name (none), other weights
+    again = _choose(tmp_path / "run", n=2, **kwargs)
+    assert not any(h.get("resumed") for h in again.history)
+    assert json.loads(record.read_text())["history"] == again.history
