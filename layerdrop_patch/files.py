@@ -17,6 +17,7 @@ Why the care around that:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -175,6 +176,12 @@ def _without_nan(value: Any) -> Any:
 def to_json(data: Any) -> str:
     """JSON text (indented; NaN/inf as null, objects through their `to_dict`)."""
     return json.dumps(_without_nan(json.loads(json.dumps(data, default=_json_default))), indent=2) + "\n"
+
+
+def digest(*parts: Any) -> str:
+    """A short stable key of JSON-able `parts` (keys sorted, other objects by `str`): what a recipe step, a cost
+    profile or a recorded greedy order was made from, so that a saved result is reused only for the same inputs."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any, overwrite: bool = True) -> Path:

@@ -18,7 +18,6 @@ one kind share one cost (they have the same shapes); the profile is cached as JS
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 from layerdrop_patch.config import DropConfig
 from layerdrop_patch.embedded import cache_dir
 from layerdrop_patch.errors import DataError
-from layerdrop_patch.files import atomic_write_json
+from layerdrop_patch.files import atomic_write_json, digest
 from layerdrop_patch.patch import apply_drop
 
 __all__ = ["CostProfile", "measure_profile", "attention_kind", "PHASES"]
@@ -107,8 +106,7 @@ def _variants(config: Any, num_layers: int) -> dict[str, DropConfig]:
 
 
 def _cache_path(model_name: str, workload: dict) -> Path:
-    key = hashlib.sha256(json.dumps([model_name, workload], sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / "profiles" / f"{Path(model_name).name}-{key}.json"
+    return cache_dir() / "profiles" / f"{Path(model_name).name}-{digest(model_name, workload)}.json"
 
 
 def measure_profile(model: Any, tokenizer: Any, workload: Any, *, model_name: str | None = None,

@@ -20,7 +20,7 @@ from layerdrop_patch.checkpoint import save_pretrained
 from layerdrop_patch.config import DropConfig
 from layerdrop_patch.errors import ConfigError
 from layerdrop_patch.evaluation.suite import EvaluationConfig, evaluate_model
-from layerdrop_patch.files import atomic_write_json, checkpoint_bytes
+from layerdrop_patch.files import atomic_write_json, checkpoint_bytes, digest
 from layerdrop_patch.patch import apply_drop, kept_attention_layers, parameter_bytes
 from layerdrop_patch.scoring import ImportanceScores, compute_importance, plot_importance
 from layerdrop_patch.scoring.calibration import as_token_tensor
@@ -99,7 +99,7 @@ def _selection_key(config: SelectionConfig, scores: ImportanceScores | None, mod
              "dtype": str(next(model.parameters()).dtype), "dropped": [list(drop.attn), list(drop.mlp)],
              "calibration": None if ids is None else hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest(),
              "scores": None if scores is None else [scores.scores_for(k) for k in ("attn", "mlp")]}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(parts)
 
 
 def _recorded_order(record: Path, key: str) -> list[dict[str, Any]] | None:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from layerdrop_patch.files import atomic_write_json, atomic_write_text, claim_directory
+from layerdrop_patch.files import atomic_write_json, atomic_write_text, claim_directory, digest
 from layerdrop_patch.run.recipe import Recipe, load_recipe
 from layerdrop_patch.selection.registry import METHODS
 
@@ -46,40 +46,36 @@ def plan_steps(recipe: Recipe) -> list[str]:
     return steps + ["evaluate", "report"]
 
 
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def fingerprints(recipe: Recipe, steps: list[str]) -> dict[str, str]:
     """Per-step hash of the settings it depends on, chained through the model-producing steps before it."""
     r = recipe.to_dict()
     base = {k: r.get(k) for k in ("model", "dtype", "device_map")}
     fp: dict[str, str] = {}
-    chain = _digest(base)
+    chain = digest(base)
     if "score" in steps:
-        fp["score"] = chain = _digest(chain, r["calibration"], r["drop"]["metric"])
-    fp["evaluate_baseline"] = _digest(base, r["evaluate"])
-    fp["drop"] = chain = _digest(chain, r["drop"], r["calibration"], r.get("plan"), r.get("bench"))
+        fp["score"] = chain = digest(chain, r["calibration"], r["drop"]["metric"])
+    fp["evaluate_baseline"] = digest(base, r["evaluate"])
+    fp["drop"] = chain = digest(chain, r["drop"], r["calibration"], r.get("plan"), r.get("bench"))
     for step in ("recover", "quantize"):
         if step in steps:
-            fp[step] = chain = _digest(chain, r[step], r["calibration"])
-    fp["evaluate"] = _digest(chain, r["evaluate"])
-    fp["report"] = _digest(fp["evaluate"], fp["evaluate_baseline"] if "evaluate_baseline" in steps else None)
+            fp[step] = chain = digest(chain, r[step], r["calibration"])
+    fp["evaluate"] = digest(chain, r["evaluate"])
+    fp["report"] = digest(fp["evaluate"], fp["evaluate_baseline"] if "evaluate_baseline" in steps else None)
     return {s: fp[s] for s in steps}
 
 
 def _file_fingerprint(path: Path) -> str:
     size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
+    hashed = hashlib.sha256(str(size).encode())
     with open(path, "rb") as fh:
         if size <= _HASHED_WHOLE:
             while block := fh.read(1 << 20):
-                digest.update(block)
+                hashed.update(block)
         else:
-            digest.update(fh.read(1 << 20))
+            hashed.update(fh.read(1 << 20))
             fh.seek(-(1 << 20), 2)
-            digest.update(fh.read(1 << 20))
-    return digest.hexdigest()[:24]
+            hashed.update(fh.read(1 << 20))
+    return hashed.hexdigest()[:24]
 
 
 def _outputs_manifest(out: Path, outputs: list[str]) -> dict[str, str]:
