@@ -134,6 +134,11 @@ class GreedyTrunk:
         return total / count
 
     @torch.no_grad()
+    def dropped(self) -> dict[str, list[int]]:
+        """The accepted state as layer indices per kind, the form `is_gone` and `to_drop_config` take."""
+        return {"attn": [i for i, f in enumerate(self.flags) if f[0]],
+                "mlp": [i for i, f in enumerate(self.flags) if f[1]]}
+
     def accept(self, flags: list[tuple[bool, bool]], start: int) -> None:
         """Make `flags` the accepted state and refresh the cached inputs of layers after `start`."""
         self.flags = list(flags)
@@ -251,8 +256,7 @@ def greedy_select(model: Any, calibration: Any, kind: str, n: int | None = None,
     bar = tqdm(range(len(history), count), desc=f"greedy {kind} selection ({objective})", unit="drop",
                initial=len(history), total=count, disable=not progress)
     for step in bar:
-        dropped = {"attn": [i for i, f in enumerate(trunk.flags) if f[0]],
-                   "mlp": [i for i, f in enumerate(trunk.flags) if f[1]]}
+        dropped = trunk.dropped()
         candidates = [u for u in units(kind, num_layers) if u[1] not in guarded and not is_gone(u, dropped)]
         if shortlist is not None:
             candidates = _shortlisted(candidates, scores, shortlist)
@@ -266,9 +270,7 @@ def greedy_select(model: Any, calibration: Any, kind: str, n: int | None = None,
         bar.set_postfix(dropped=f"{best[0]} {best[1]}", loss=f"{losses[best]:.4f}")
         if on_step is not None:
             on_step([dict(h) for h in history])
-    dropped = {"attn": [i for i, f in enumerate(trunk.flags) if f[0]],
-               "mlp": [i for i, f in enumerate(trunk.flags) if f[1]]}
-    cfg = to_drop_config([], dropped, method=f"greedy-{kind}-{objective}", metric=f"calibration {objective} loss",
+    cfg = to_drop_config([], trunk.dropped(), method=f"greedy-{kind}-{objective}", metric=f"calibration {objective} loss",
                          calibration=description, base_model=getattr(model.config, "_name_or_path", None))
     return cfg, history
 
