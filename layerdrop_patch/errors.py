@@ -13,7 +13,7 @@ pasted whole, so a hostile input cannot turn an error into megabytes of output.
 
 from __future__ import annotations
 
-__all__ = ["LayerdropError", "ConfigError", "RecipeError", "CheckpointError", "UnsupportedModelError",
+__all__ = ["LayerdropError", "ConfigError", "ResumeError", "RecipeError", "CheckpointError", "UnsupportedModelError",
            "DataError", "OutputExistsError", "InputNotFoundError", "MissingDependencyError", "QualityGateError",
            "ExportError", "EngineError", "MAX_MESSAGE", "shorten"]
 
@@ -38,6 +38,11 @@ class LayerdropError(ValueError):
 
 class ConfigError(LayerdropError, TypeError):
     """An option, a DropConfig or a stage config with a value it cannot take."""
+
+
+class ResumeError(ConfigError):
+    """An earlier run's selection order that this run cannot go on from (another kind, a protected or dropped
+    layer, longer than n); a class of its own so a caller that read the order from a file can name the file."""
 
 
 class RecipeError(ConfigError):

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from layerdrop_patch.architectures import decoder_layers, drop_of
 from layerdrop_patch.checkpoint import save_pretrained
 from layerdrop_patch.config import DropConfig
-from layerdrop_patch.errors import ConfigError
+from layerdrop_patch.errors import ConfigError, ResumeError
 from layerdrop_patch.evaluation.suite import EvaluationConfig, evaluate_model
 from layerdrop_patch.files import atomic_write_json, checkpoint_bytes, digest
 from layerdrop_patch.patch import apply_drop, kept_attention_layers, parameter_bytes
@@ -72,8 +72,15 @@ def choose_and_record(config: SelectionConfig, *, scores: ImportanceScores | Non
 
         def on_step(history: list[dict[str, Any]]) -> None:
             atomic_write_json(record, {"key": key, "history": history})
-    selection = choose_drop(config, scores=scores, model=model, calibration=calibration, resume=resume,
-                            on_step=on_step, progress=progress)
+    try:
+        selection = choose_drop(config, scores=scores, model=model, calibration=calibration, resume=resume,
+                                on_step=on_step, progress=progress)
+    except ResumeError as err:  # the key matched, so only a hand edit makes the recorded steps unusable
+        if resume is None:
+            raise
+        raise ResumeError(f"{record}: the recorded greedy order cannot be resumed ({err}). This file is written by "
+                          "layerdrop-patch; move it away (or choose another output directory) to select "
+                          "again from the start.") from None
     if out_dir is not None:
         out = Path(out_dir)
         atomic_write_json(out / "drop_config.json", selection.drop_config.to_dict())

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from layerdrop_patch.architectures import decoder_layers, drop_of, get_architecture
-from layerdrop_patch.errors import ConfigError, shorten
+from layerdrop_patch.errors import ConfigError, ResumeError, shorten
 from layerdrop_patch.modeling import modeling_layerdrop as _m
 from layerdrop_patch.scoring.calibration import as_token_tensor
 from layerdrop_patch.selection.registry import (Selection, SelectionInputs, Unit, count_for, is_gone, protected,
@@ -176,7 +176,7 @@ def _resumed(resume: Sequence[Any], kind: str, num_layers: int, guarded: set[int
     if resume is None:
         return []
     if isinstance(resume, (str, bytes, dict)) or not isinstance(resume, Sequence):
-        raise ConfigError(f"greedy resume: expected a list of history entries or (kind, layer) pairs, got "
+        raise ResumeError(f"greedy resume: expected a list of history entries or (kind, layer) pairs, got "
                           f"{shorten(resume)}.")
     kinds = sorted({u[0] for u in units(kind, num_layers)})
     chosen: list[Unit] = []
@@ -193,10 +193,10 @@ def _resumed(resume: Sequence[Any], kind: str, num_layers: int, guarded: set[int
         else:
             chosen.append(unit)
             continue
-        raise ConfigError(f"greedy resume: {shorten(entry)} {problem}; pass the history of an earlier {kind} "
+        raise ResumeError(f"greedy resume: {shorten(entry)} {problem}; pass the history of an earlier {kind} "
                           "greedy run on this model with the same protected layers.")
     if len(chosen) > count:
-        raise ConfigError(f"greedy resume: {len(chosen)} units given but n={count}; resume a shorter prefix or "
+        raise ResumeError(f"greedy resume: {len(chosen)} units given but n={count}; resume a shorter prefix or "
                           "ask for a larger n.")
     return chosen
 

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from layerdrop_patch.errors import ResumeError
 from layerdrop_patch.run.pipeline import SELECTION_HISTORY, choose_and_record
 from layerdrop_patch.selection import SelectionConfig
 from layerdrop_patch.selection.greedy import GreedyTrunk
@@ -89,3 +90,16 @@ def test_a_record_made_otherwise_is_never_reused(tmp_path, spoil):
     again = _choose(tmp_path / "run", n=2, **kwargs)
     assert not any(h.get("resumed") for h in again.history)
     assert json.loads(record.read_text())["history"] == again.history
+
+
+def test_a_hand_edited_record_that_cannot_be_resumed_is_named_and_kept(tmp_path):
+    _choose(tmp_path / "run", n=2)
+    record = tmp_path / "run" / SELECTION_HISTORY
+    saved = json.loads(record.read_text())
+    saved["history"][1]["layer"] = saved["history"][0]["layer"]  # the key still matches; the order is impossible
+    saved["history"][1]["kind"] = saved["history"][0]["kind"]
+    record.write_text(json.dumps(saved))
+    with pytest.raises(ResumeError, match=rf"{SELECTION_HISTORY}: the recorded greedy order cannot be resumed "
+                                          r"\(greedy resume: .* is already dropped.*move it away"):
+        _choose(tmp_path / "run", n=3)
+    assert json.loads(record.read_text()) == saved  # the user's file is left as it was
