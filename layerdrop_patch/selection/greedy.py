@@ -133,12 +133,12 @@ class GreedyTrunk:
             total, count = total + value, count + n
         return total / count
 
-    @torch.no_grad()
     def dropped(self) -> dict[str, list[int]]:
         """The accepted state as layer indices per kind, the form `is_gone` and `to_drop_config` take."""
         return {"attn": [i for i, f in enumerate(self.flags) if f[0]],
                 "mlp": [i for i, f in enumerate(self.flags) if f[1]]}
 
+    @torch.no_grad()
     def accept(self, flags: list[tuple[bool, bool]], start: int) -> None:
         """Make `flags` the accepted state and refresh the cached inputs of layers after `start`."""
         self.flags = list(flags)
@@ -270,8 +270,9 @@ def greedy_select(model: Any, calibration: Any, kind: str, n: int | None = None,
         bar.set_postfix(dropped=f"{best[0]} {best[1]}", loss=f"{losses[best]:.4f}")
         if on_step is not None:
             on_step([dict(h) for h in history])
-    cfg = to_drop_config([], trunk.dropped(), method=f"greedy-{kind}-{objective}", metric=f"calibration {objective} loss",
-                         calibration=description, base_model=getattr(model.config, "_name_or_path", None))
+    cfg = to_drop_config([], trunk.dropped(), method=f"greedy-{kind}-{objective}",
+                         metric=f"calibration {objective} loss", calibration=description,
+                         base_model=getattr(model.config, "_name_or_path", None))
     return cfg, history
 
 

@@ -69,6 +69,17 @@ def test_greedy_matches_a_brute_force_that_really_prunes(case, objective):
     assert cfg.method == f"greedy-joint-{objective}" and cfg.num_dropped == 3
 
 
+def test_the_trunk_caches_plain_tensors_so_a_long_run_keeps_no_autograd_graph():
+    """The cached layer inputs live for the whole selection; built with gradients on, each would hold its layer's
+    activations alive (memory grows with every step on a real model). Capture and every accepted step run without
+    them, whatever the caller's grad mode."""
+    trunk = GreedyTrunk(tiny_model("llama", 5), IDS, batch_size=2, objective="lm")
+    trunk.accept([(True, False)] + trunk.flags[1:], start=0)
+    trunk.loss()
+    assert trunk.dropped() == {"attn": [0], "mlp": []}
+    assert not any(x.requires_grad for cached in trunk.inputs for x in cached)
+
+
 def test_joint_shortlist_is_per_kind_so_one_kind_cannot_crowd_out_the_other():
     base = tiny_model("llama", 5)
     winner_kind, winner_layer, _ = brute_force_greedy(base, "joint", 1, "kl")[0]
