@@ -76,7 +76,15 @@ def test_a_larger_n_extends_the_record_and_a_smaller_n_takes_its_prefix(tmp_path
     assert len(json.loads((tmp_path / "run" / SELECTION_HISTORY).read_text())["history"]) == 4  # kept whole
 
 
-@pytest.mark.parametrize("spoil", ["other settings", "unreadable", "other model"])
+def _with_one_value_changed(model, position):
+    tensor = max(model.parameters(), key=lambda t: t.numel())  # the embedding: new token rows land at its end
+    with torch.no_grad():
+        tensor.view(-1)[position] += 0.25
+    return model
+
+
+@pytest.mark.parametrize("spoil", ["other settings", "unreadable", "other model", "last value changed",
+                                   "middle value changed"])
 def test_a_record_made_otherwise_is_never_reused(tmp_path, spoil):
     _choose(tmp_path / "run", n=2)
     record = tmp_path / "run" / SELECTION_HISTORY
@@ -85,8 +93,11 @@ def test_a_record_made_otherwise_is_never_reused(tmp_path, spoil):
         kwargs["objective"] = "kl"
     elif spoil == "unreadable":
         record.write_text('{"key": "trunc')
-    else:
+    elif spoil == "other model":
         kwargs["base"] = tiny_model("llama", 5, seed=1)  # same name (none), other weights
+    else:  # one value past the first ones: a digest of the first values alone reused the record
+        position = -1 if spoil == "last value changed" else 1001
+        kwargs["base"] = _with_one_value_changed(tiny_model("llama", 5), position)
     again = _choose(tmp_path / "run", n=2, **kwargs)
     assert not any(h.get("resumed") for h in again.history)
     assert json.loads(record.read_text())["history"] == again.history
