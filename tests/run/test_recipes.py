@@ -227,3 +227,38 @@ def test_a_missing_quantisation_backend_stops_the_run_after_the_earlier_steps(tm
     assert "gptqmodel" in str(info.value).lower() or "group_size" in str(info.value)
     state = json.loads((tmp_path / "run" / STATE_FILE).read_text())
     assert list(state["steps"]) == ["score", "drop"]
+
+
+def test_a_recipe_interrupted_inside_a_greedy_drop_goes_on_from_the_recorded_steps(tmp_path, tiny_dir, monkeypatch):
+    """Ctrl-C in the middle of the drop step's greedy selection (minutes per step on a real model): the rerun
+    finishes with the uninterrupted run's drop, replaying the recorded steps instead of searching them again."""
+    from layerdrop_patch.selection.greedy import GreedyTrunk
+
+    greedy = {"drop": {"kind": "joint", "n": 3, "method": "greedy"}, "evaluate": {"baseline": False}}
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    run_recipe(_write_recipe(reference_dir, tiny_dir, **greedy), log=lambda _: None, progress=False)
+    reference = json.loads((reference_dir / "run" / "drop_config.json").read_text())
+
+    path, out = _write_recipe(tmp_path, tiny_dir, **greedy), tmp_path / "run"
+    accepted, real_accept = [], GreedyTrunk.accept
+
+    def interrupt_on_the_second_step(self, *args, **kwargs):
+        if accepted:
+            raise KeyboardInterrupt
+        accepted.append(1)
+        return real_accept(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(GreedyTrunk, "accept", interrupt_on_the_second_step)
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(path, log=lambda _: None, progress=False)
+    assert not (out / STATE_FILE).exists()  # the drop is the first step: none finished
+    assert not (out / "drop_config.json").exists() and not (out / "model-dropped").exists()
+    assert len(json.loads((out / pipeline.SELECTION_HISTORY).read_text())["history"]) == 1
+
+    summary = run_recipe(path, log=lambda _: None, progress=False)
+    history = json.loads((out / pipeline.SELECTION_HISTORY).read_text())["history"]
+    assert [h.get("resumed", False) for h in history] == [True, False, False]
+    assert json.loads((out / "drop_config.json").read_text()) == reference
+    assert summary["final_checkpoint"] == "model-dropped"
