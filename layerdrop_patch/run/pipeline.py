@@ -117,11 +117,12 @@ def _weights_fingerprint(model: Any) -> str:
     for tensor in (t for t in model.parameters() if t.device.type != "meta"):
         flat = tensor.detach().reshape(-1)
         stride = max(1, flat.numel() // 64)
-        total = torch.zeros(2, dtype=torch.float64, device=flat.device)
+        where = "cpu" if flat.device.type == "mps" else flat.device  # MPS has no float64
+        total = torch.zeros(2, dtype=torch.float64, device=where)
         for chunk in flat.split(1 << 22):  # float64 a chunk at a time: no full-size copy of a large embedding
-            chunk = chunk.double()
+            chunk = chunk.to(where).double()
             total += torch.stack([chunk.sum(), chunk.square().sum()])
-        samples = torch.cat([flat[:64], flat[-64:], flat[::stride][:64]]).double()
+        samples = torch.cat([flat[:64], flat[-64:], flat[::stride][:64]]).to(where).double()
         weights.update(torch.cat([samples, total]).cpu().numpy().tobytes())
     return weights.hexdigest()
 
