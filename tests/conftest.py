@@ -171,6 +171,22 @@ def tiny_model(model_type: str = "llama", num_layers: int = 6, seed: int = 0, **
     return model
 
 
+def interrupt_greedy_after(patch, steps: int) -> None:
+    """Through `patch` (a monkeypatch), make greedy selection raise KeyboardInterrupt, as Ctrl-C would, when it is
+    about to accept step `steps + 1`."""
+    from layerdrop_patch.selection.greedy import GreedyTrunk
+
+    accepted, real_accept = [], GreedyTrunk.accept
+
+    def accept_then_interrupt(self, *args, **kwargs):
+        if len(accepted) == steps:
+            raise KeyboardInterrupt
+        accepted.append(1)
+        return real_accept(self, *args, **kwargs)
+
+    patch.setattr(GreedyTrunk, "accept", accept_then_interrupt)
+
+
 _S, _F = "sliding_attention", "full_attention"
 # One case per family, each with the feature that makes it differ from Llama switched on; hybrid ones
 # interleave sliding (window 6) and full layers so that dropping changes which kinds the compact cache holds.

@@ -17,11 +17,16 @@ import os
 import pytest
 import torch
 
+from layerdrop_patch import DropConfig
 from layerdrop_patch.errors import MissingDependencyError
 from layerdrop_patch.evaluation.engines.registry import get_engine
 from layerdrop_patch.evaluation.engines.worker import EngineWorker, engine_python
 
 REQUIRED = os.environ.get("LAYERDROP_REQUIRE_ENGINES") == "1"
+# What the SmolLM2-135M engine tests serve: three prompts, and the drop that trips engines most (layer 0's
+# attention, attention-only and MLP-only layers)
+SMOLLM2_TEXTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, there was a"]
+SMOLLM2_HEAVY_DROP = DropConfig(attn=[0, 14, 16, 18, 20, 22], mlp=[21, 25, 27])
 
 
 def require_engine(name: str) -> str:

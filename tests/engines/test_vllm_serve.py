@@ -21,17 +21,14 @@ import urllib.request
 
 import pytest
 
-from layerdrop_patch import DropConfig
 from layerdrop_patch.evaluation.engines.registry import get_engine
 from layerdrop_patch.export import export
 from layerdrop_patch.patch import apply_drop
-from tests.engines.support import assert_greedy_equal, require_engine
+from tests.engines.support import SMOLLM2_HEAVY_DROP, SMOLLM2_TEXTS, assert_greedy_equal, require_engine
 
 pytestmark = [pytest.mark.engines, pytest.mark.integration]
 
 STARTUP_SECONDS = 900  # loading vLLM and the model on a busy 2-core CPU
-DROP = DropConfig(attn=[0, 14, 16, 18, 20, 22], mlp=[21, 25, 27])  # layer 0's attention, attention- and MLP-only
-TEXTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, there was a"]
 NEW_TOKENS = 24
 
 
@@ -73,7 +70,7 @@ def _complete(base: str, prompt: list[int]) -> tuple[list[int], list[float]]:
 def test_vllm_openai_server_serves_the_decilm_export_with_the_patched_models_greedy_tokens(tmp_path, smollm2):
     python = require_engine("vllm")
     model, tokenizer = smollm2
-    pruned = apply_drop(copy.deepcopy(model), DROP)
+    pruned = apply_drop(copy.deepcopy(model), SMOLLM2_HEAVY_DROP)
     path = export(pruned, "decilm", tmp_path / "smollm2-pruned", tokenizer)
     port, log = _free_port(), tmp_path / "vllm_serve.log"
     env = {**os.environ, **get_engine("vllm").worker_env(1)}
@@ -87,7 +84,7 @@ def test_vllm_openai_server_serves_the_decilm_export_with_the_patched_models_gre
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_until_ready(process, base, log)
-        for text in TEXTS:
+        for text in SMOLLM2_TEXTS:
             prompt = tokenizer(text).input_ids
             tokens, logprobs = _complete(base, prompt)
             assert len(tokens) == NEW_TOKENS, _log_tail(log)

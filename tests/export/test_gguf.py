@@ -18,7 +18,8 @@ from layerdrop_patch.export import ExportError, export
 from layerdrop_patch.export import gguf as gguf_export
 from layerdrop_patch.patch import apply_drop
 from tests.conftest import tiny_model
-from tests.engines.support import assert_greedy_equal, assert_within_tolerance, start_worker
+from tests.engines.support import (SMOLLM2_HEAVY_DROP, SMOLLM2_TEXTS, assert_greedy_equal, assert_within_tolerance,
+                                   start_worker)
 
 gguf = pytest.importorskip("gguf")
 IDS = [3, 17, 99, 42, 5, 64, 1, 77, 23]
@@ -315,7 +316,7 @@ def smollm2_export(tmp_path_factory, smollm2):
     import copy
 
     model, tokenizer = smollm2
-    model = apply_drop(copy.deepcopy(model), DropConfig(attn=[0, 14, 16, 18, 20, 22], mlp=[21, 25, 27]))
+    model = apply_drop(copy.deepcopy(model), SMOLLM2_HEAVY_DROP)
     path = export(model, "gguf", tmp_path_factory.mktemp("gguf") / "smol.gguf", tokenizer=tokenizer)  # pre detected
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids[0].tolist()
     return model, path, ids
@@ -339,9 +340,6 @@ def test_smollm2_gguf_vocabulary_and_logits(smollm2_export):
 
 
 # ------------------------------------------------------------------------------------------- llama.cpp itself
-SMOLLM2_TEXTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, there was a"]
-
-
 @pytest.fixture(scope="module")
 def llamacpp():
     worker = start_worker("llama.cpp")

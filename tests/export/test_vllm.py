@@ -18,7 +18,7 @@ from layerdrop_patch.errors import EngineError
 from layerdrop_patch.evaluation.engines.registry import get_engine
 from layerdrop_patch.patch import apply_drop
 from tests.conftest import tiny_model
-from tests.engines.support import assert_greedy_equal, start_worker
+from tests.engines.support import SMOLLM2_HEAVY_DROP, SMOLLM2_TEXTS, assert_greedy_equal, start_worker
 
 pytestmark = pytest.mark.engines
 
@@ -109,9 +109,8 @@ def test_an_engine_refusal_arrives_as_engine_error_with_the_engines_reason(vllm,
     assert len(answer["tokens"]) == len(PROMPTS)
 
 
-SMOLLM2_TEXTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, there was a"]
 SMOLLM2_DROPS = {  # the issue's heavy drop (layer 0's attention, attention- and MLP-only layers) and whole blocks
-    "decilm": DropConfig(attn=[0, 14, 16, 18, 20, 22], mlp=[21, 25, 27]),
+    "decilm": SMOLLM2_HEAVY_DROP,
     "standard": DropConfig.blocks([20, 22]),
 }
 

@@ -16,6 +16,7 @@ from layerdrop_patch.run import pipeline
 from layerdrop_patch.run import steps as recipe_steps
 from layerdrop_patch.run.recipe import Recipe, load_recipe
 from layerdrop_patch.run.runner import STATE_FILE, plan_steps, run_recipe
+from tests.conftest import interrupt_greedy_after
 from tests.tiny_checkpoint import ppl_file, save_tiny
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
@@ -232,8 +233,6 @@ def test_a_missing_quantisation_backend_stops_the_run_after_the_earlier_steps(tm
 def test_a_recipe_interrupted_inside_a_greedy_drop_goes_on_from_the_recorded_steps(tmp_path, tiny_dir, monkeypatch):
     """Ctrl-C in the middle of the drop step's greedy selection (minutes per step on a real model): the rerun
     finishes with the uninterrupted run's drop, replaying the recorded steps instead of searching them again."""
-    from layerdrop_patch.selection.greedy import GreedyTrunk
-
     greedy = {"drop": {"kind": "joint", "n": 3, "method": "greedy"}, "evaluate": {"baseline": False}}
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
@@ -241,16 +240,8 @@ def test_a_recipe_interrupted_inside_a_greedy_drop_goes_on_from_the_recorded_ste
     reference = json.loads((reference_dir / "run" / "drop_config.json").read_text())
 
     path, out = _write_recipe(tmp_path, tiny_dir, **greedy), tmp_path / "run"
-    accepted, real_accept = [], GreedyTrunk.accept
-
-    def interrupt_on_the_second_step(self, *args, **kwargs):
-        if accepted:
-            raise KeyboardInterrupt
-        accepted.append(1)
-        return real_accept(self, *args, **kwargs)
-
     with monkeypatch.context() as patch:
-        patch.setattr(GreedyTrunk, "accept", interrupt_on_the_second_step)
+        interrupt_greedy_after(patch, steps=1)
         with pytest.raises(KeyboardInterrupt):
             run_recipe(path, log=lambda _: None, progress=False)
     assert not (out / STATE_FILE).exists()  # the drop is the first step: none finished

@@ -13,7 +13,7 @@ from layerdrop_patch.errors import ResumeError
 from layerdrop_patch.run.pipeline import SELECTION_HISTORY, choose_and_record
 from layerdrop_patch.selection import SelectionConfig
 from layerdrop_patch.selection.greedy import GreedyTrunk
-from tests.conftest import tiny_model
+from tests.conftest import interrupt_greedy_after, tiny_model
 
 IDS = torch.randint(1, 128, (4, 16), generator=torch.Generator().manual_seed(0))
 
@@ -36,16 +36,8 @@ def _choose(out_dir, n=4, objective="lm", base=None):
 
 def test_an_interrupted_greedy_run_goes_on_from_its_recorded_steps(tmp_path, monkeypatch):
     reference = _choose(tmp_path / "reference")
-    accepted, original_accept = [], GreedyTrunk.accept
-
-    def interrupt_on_the_third_step(self, *args, **kwargs):
-        if len(accepted) == 2:
-            raise KeyboardInterrupt
-        accepted.append(1)
-        return original_accept(self, *args, **kwargs)
-
     with monkeypatch.context() as patch:
-        patch.setattr(GreedyTrunk, "accept", interrupt_on_the_third_step)
+        interrupt_greedy_after(patch, steps=2)
         with pytest.raises(KeyboardInterrupt):
             _choose(tmp_path / "run")
     record = json.loads((tmp_path / "run" / SELECTION_HISTORY).read_text())
