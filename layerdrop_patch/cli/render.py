@@ -81,8 +81,11 @@ def eval_table(columns: dict[str, dict], title: str = "evaluation", paired: dict
     def verdict(result: dict | None) -> str:
         if not result:
             return "–"
-        word = "n.s." if result["verdict"] == "no significant difference" else escape(result["verdict"])
-        return f"p={result['p_value']:.3g}: {word}"
+        def said(test: dict) -> str:
+            word = "n.s." if test["verdict"] == "no significant difference" else escape(test["verdict"])
+            return f"p={test['p_value']:.3g}: {word}"
+        blocks = result.get("blocks")  # perplexity: the test over runs of neighbouring windows, when there is one
+        return said(result) + (f"; {blocks['block']}-window blocks: {said(blocks)}" if blocks else "")
 
     def row(label: str, values: list, digits: int, scale: float, stderrs: list | None = None,
             test: dict | None = None) -> None:

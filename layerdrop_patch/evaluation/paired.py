@@ -6,7 +6,9 @@ suggest, because most documents are easy or hard for both. Pairing removes that 
 * accuracy: McNemar's exact test on the discordant documents (right for A, wrong for B, and the reverse), and a
   paired bootstrap interval for the accuracy difference;
 * perplexity: a paired bootstrap over evaluation windows of the difference in mean NLL per token, reported as
-  a perplexity ratio B / A with its interval.
+  a perplexity ratio B / A with its interval. Consecutive windows come from the same article, so their differences
+  are correlated and resampling single windows overstates confidence when there are few articles; `block=b`
+  resamples runs of b consecutive windows instead (a moving-block bootstrap), which keeps that correlation.
 
 A table may say "A is better than B" only when the verdict here says so at the chosen level (default 0.05).
 """
@@ -20,7 +22,12 @@ from typing import Any, Sequence
 
 from layerdrop_patch.errors import DataError
 
-__all__ = ["PairedResult", "mcnemar_p", "compare_accuracy", "compare_perplexity", "compare_evaluations"]
+__all__ = ["ARTICLE_WINDOWS", "PairedResult", "mcnemar_p", "compare_accuracy", "compare_perplexity",
+           "compare_evaluations"]
+
+# 8 windows of 512 tokens = 4,096 tokens, about one WikiText-2 article: the block that keeps the correlation
+# between neighbouring windows. A block test needs several blocks: it is run from 4 blocks' worth of windows.
+ARTICLE_WINDOWS = 8
 
 
 @dataclass
@@ -84,14 +91,29 @@ def compare_accuracy(per_doc_a: dict[str, float], per_doc_b: dict[str, float], *
                         _verdict(p < alpha and mean_a > mean_b, p < alpha and mean_b > mean_a, names))
 
 
+def _block_resample(pairs: list, block: int, rng: random.Random) -> list:
+    """One moving-block bootstrap sample: runs of `block` consecutive windows from random starts, cut to len(pairs).
+    With block=1 it is the ordinary bootstrap."""
+    n = len(pairs)
+    sample: list = []
+    while len(sample) < n:
+        start = rng.randrange(n - block + 1)
+        sample.extend(pairs[start:start + block])
+    return sample[:n]
+
+
 def compare_perplexity(details_a: dict, details_b: dict, *, names=("A", "B"), alpha: float = 0.05,
-                       iters: int = 2000, seed: int = 0) -> PairedResult:
+                       iters: int = 2000, seed: int = 0, block: int = 1) -> PairedResult:
     """Perplexities of A and B from `perplexity(..., return_details=True)` on the same windows; `difference` is
-    ppl(B) / ppl(A) (above 1: A is better), its interval from a paired bootstrap over windows."""
+    ppl(B) / ppl(A) (above 1: A is better), its interval from a paired bootstrap over windows, resampled in runs
+    of `block` consecutive windows (1: each window on its own)."""
     na, nb = details_a.get("window_nll"), details_b.get("window_nll")
     if not na or not nb or details_a.get("window_tokens") != details_b.get("window_tokens"):
         raise DataError("the two perplexity runs were not on the same windows (same text, seq_len, stride and "
                         "max_tokens); rerun both with the same settings and return_details=True.")
+    if isinstance(block, bool) or not isinstance(block, int) or not 1 <= block <= len(na):
+        raise DataError(f"block={block!r}: the bootstrap block is a whole number of consecutive windows, from 1 to "
+                        f"the {len(na)} windows compared.")
     tokens = details_a["window_tokens"]
     pairs = list(zip(na, nb, tokens))
 
@@ -101,7 +123,7 @@ def compare_perplexity(details_a: dict, details_b: dict, *, names=("A", "B"), al
 
     observed = log_ratio(pairs)
     rng = random.Random(seed)
-    stats = sorted(log_ratio([pairs[rng.randrange(len(pairs))] for _ in pairs]) for _ in range(iters))
+    stats = sorted(log_ratio(_block_resample(pairs, block, rng)) for _ in range(iters))
     low, high = stats[int(0.025 * iters)], stats[min(iters - 1, int(0.975 * iters))]
     # two-sided bootstrap p-value for "no difference": how often the resampled difference crosses zero
     crossing = sum(1 for s in stats if (s <= 0 if observed > 0 else s >= 0)) / iters
@@ -112,7 +134,8 @@ def compare_perplexity(details_a: dict, details_b: dict, *, names=("A", "B"), al
 
 
 def compare_evaluations(a: dict, b: dict, *, names=("A", "B"), alpha: float = 0.05) -> dict[str, Any]:
-    """Paired comparisons of two `evaluate_model` results: every shared task, all tasks pooled, perplexity."""
+    """Paired comparisons of two `evaluate_model` results: every shared task, all tasks pooled, perplexity (window
+    by window, and under "blocks" over runs of ARTICLE_WINDOWS windows when there are enough of them)."""
     out: dict[str, Any] = {"tasks": {}}
     pooled_a, pooled_b = {}, {}
     for task, result in a.get("tasks", {}).items():
@@ -127,4 +150,7 @@ def compare_evaluations(a: dict, b: dict, *, names=("A", "B"), alpha: float = 0.
     pa, pb = a.get("perplexity") or {}, b.get("perplexity") or {}
     if pa.get("window_nll") and pb.get("window_nll"):
         out["perplexity"] = compare_perplexity(pa, pb, names=names, alpha=alpha).to_dict()
+        if len(pa["window_nll"]) >= 4 * ARTICLE_WINDOWS:  # the verdict that allows for neighbouring windows
+            blocks = compare_perplexity(pa, pb, names=names, alpha=alpha, block=ARTICLE_WINDOWS)
+            out["perplexity"]["blocks"] = {**blocks.to_dict(), "block": ARTICLE_WINDOWS}
     return out

@@ -125,12 +125,17 @@ def test_user_errors_are_one_line_without_traceback(runner, work):
 
 def test_eval_compares_models_and_bench_measures_the_kv_cache(runner, work, attn2):
     ppl = work / "ppl.txt"
-    invoke(runner, "eval", work / "tiny", work / "attn2", "--tasks", "", "--ppl-dataset", ppl, "--ppl-tokens", 256,
-           "-o", work / "eval")
+    result = invoke(runner, "eval", work / "tiny", work / "attn2", "--tasks", "", "--ppl-dataset", ppl,
+                    "--ppl-tokens", 256, "--ppl-seq-len", 8, "-o", work / "eval")
     columns = json.loads((work / "eval" / "eval.json").read_text())
     base, dropped = (columns[str(work / name)]["perplexity"]["value"] for name in ("tiny", "attn2"))
     assert base > 1 and dropped > 1 and base != dropped
     assert "ppl.txt perplexity" in (work / "eval" / "eval_table.md").read_text()
+    # 32 windows: the paired test is run window by window and over runs of 8 neighbouring windows
+    paired = json.loads((work / "eval" / "paired.json").read_text())["perplexity"]
+    assert paired["n"] == 32 and paired["difference"] == pytest.approx(dropped / base, rel=1e-6)
+    assert paired["blocks"]["block"] == 8 and paired["blocks"]["difference"] == pytest.approx(dropped / base, rel=1e-6)
+    assert "8-window blocks: p=" in " ".join(result.output.split())
 
     invoke(runner, "bench", work / "tiny", work / "attn2", "--prompt-len", 8, "--new-tokens", 4, "--repeats", 1,
            "-o", work / "bench")

@@ -53,3 +53,35 @@ def test_perplexity_comparison_pairs_windows_and_batched_windows_equal_single_on
     with pytest.raises(LayerdropError, match="same windows"):
         compare_perplexity(a, perplexity(weak, tok, text, seq_len=32, stride=32, return_details=True,
                                          progress=False))
+
+
+def _article_windows(effects: list[float], per_article: int) -> tuple[dict, dict]:
+    """Windows of 100 tokens, `per_article` consecutive ones per article; B's NLL per token exceeds A's by the
+    article's effect (plus a little window noise), as when consecutive windows share one article's topic."""
+    tokens, na, nb = [], [], []
+    for j, effect in enumerate(effects):
+        for w in range(per_article):
+            noise = 0.01 * ((7 * j + 3 * w) % 5 - 2)
+            tokens.append(100)
+            na.append(400.0)
+            nb.append(400.0 + 100 * (effect + noise))
+    return {"window_nll": na, "window_tokens": tokens}, {"window_nll": nb, "window_tokens": tokens}
+
+
+def test_a_block_bootstrap_sees_that_correlated_windows_carry_less_evidence():
+    # 8 articles x 16 windows: B is worse on average, but the articles disagree; 128 windows look like strong
+    # evidence only if they are treated as independent
+    a, b = _article_windows([0.6, -0.5, 0.4, -0.3, 0.5, -0.4, 0.3, 0.1], per_article=16)
+    single = compare_perplexity(a, b, names=("A", "B"))
+    blocks = compare_perplexity(a, b, names=("A", "B"), block=16)
+    observed = math.exp((sum(b["window_nll"]) - sum(a["window_nll"])) / sum(a["window_tokens"]))
+    assert single.difference == pytest.approx(observed) and blocks.difference == pytest.approx(observed)
+    assert single.verdict == "A is better than B" and single.p_value < 0.05
+    assert blocks.verdict == "no significant difference" and blocks.p_value > 0.2
+    assert blocks.high - blocks.low > 2 * (single.high - single.low)  # a much wider interval
+    # one block of every window resamples the series itself: no spread at all
+    whole = compare_perplexity(a, b, block=128)
+    assert whole.low == pytest.approx(observed) and whole.high == pytest.approx(observed)
+    for bad in (0, 129, 2.5, True):
+        with pytest.raises(LayerdropError, match="block="):
+            compare_perplexity(a, b, block=bad)
