@@ -130,7 +130,7 @@ def compare_perplexity(details_a: dict, details_b: dict, *, names=("A", "B"), al
     p = min(1.0, 2.0 * crossing)
     ppl_a, ppl_b = math.exp(sum(na) / sum(tokens)), math.exp(sum(nb) / sum(tokens))
     return PairedResult("perplexity", ppl_a, ppl_b, math.exp(observed), math.exp(low), math.exp(high), p,
-                        len(pairs), _verdict(low > 0, high < 0, names))
+                        len(pairs), _verdict(p < alpha and observed > 0, p < alpha and observed < 0, names))
 
 
 def compare_evaluations(a: dict, b: dict, *, names=("A", "B"), alpha: float = 0.05) -> dict[str, Any]:

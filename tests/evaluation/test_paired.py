@@ -76,7 +76,8 @@ def test_a_block_bootstrap_sees_that_correlated_windows_carry_less_evidence():
     blocks = compare_perplexity(a, b, names=("A", "B"), block=16)
     observed = math.exp((sum(b["window_nll"]) - sum(a["window_nll"])) / sum(a["window_tokens"]))
     assert single.difference == pytest.approx(observed) and blocks.difference == pytest.approx(observed)
-    assert single.verdict == "A is better than B" and single.p_value < 0.05
+    assert single.verdict == "A is better than B" and 0.01 < single.p_value < 0.05
+    assert compare_perplexity(a, b, alpha=0.01).verdict == "no significant difference"  # the level asked for
     assert blocks.verdict == "no significant difference" and blocks.p_value > 0.2
     assert blocks.high - blocks.low > 2 * (single.high - single.low)  # a much wider interval
     # one block of every window resamples the series itself: no spread at all
