@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from layerdrop_patch.evaluation.paired import ARTICLE_WINDOWS, compare_accuracy, compare_perplexity
+from layerdrop_patch.evaluation.paired import ARTICLE_WINDOWS, compare_accuracy, compare_perplexity_with_blocks
 from layerdrop_patch.files import save_figure
 from layerdrop_patch.plotting import pyplot
 from layerdrop_patch.selection.registry import SELECT_KINDS
@@ -32,23 +32,23 @@ def _fmt(value: float) -> str:
     return f"{value:.2f}" if value < 1000 else f"{value:.0f}"
 
 
-def _versus_cosine(rows: dict, key: str, field: str, block: int = 1) -> str:
-    """The paired verdict against the same drop's cosine row; with block > 1 also the verdict when runs of `block`
-    windows are resampled, which is the one to trust when the two differ."""
+def _versus_cosine(rows: dict, key: str, field: str) -> str:
+    """The paired verdict against the same drop's cosine row, and the block verdict where there are windows enough
+    (`compare_perplexity_with_blocks`)."""
     r = rows[key]
     cosine = rows.get(f"{r['kind']}-{r['k']}-cosine")
     if not cosine or cosine is r or field not in cosine or field not in r:
         return "–"
-    tests = [compare_perplexity(r[field], cosine[field], names=(r["method"], "cosine"), block=b)
-             for b in dict.fromkeys((1, block))]
+    test = compare_perplexity_with_blocks(r[field], cosine[field], names=(r["method"], "cosine"))
 
-    def verdict(test) -> str:
-        return "n.s." if test.verdict.startswith("no ") else ("better" if test.verdict.startswith(r["method"])
-                                                               else "worse")
-    text = verdict(tests[0]) + f" (x{tests[0].difference:.2f}, p={tests[0].p_value:.2g}"
-    if len(tests) > 1:
-        changed = "" if verdict(tests[1]) == verdict(tests[0]) else f"{verdict(tests[1])}, "
-        text += f"; {block}-window blocks: {changed}p={tests[1].p_value:.2g}"
+    def verdict(result: dict) -> str:
+        return "n.s." if result["verdict"].startswith("no ") else ("better" if result["verdict"].startswith(
+            r["method"]) else "worse")
+    text = verdict(test) + f" (x{test['difference']:.2f}, p={test['p_value']:.2g}"
+    if "blocks" in test:
+        blocks = test["blocks"]
+        changed = "" if verdict(blocks) == verdict(test) else f"{verdict(blocks)}, "
+        text += f"; {blocks['block']}-window blocks: {changed}p={blocks['p_value']:.2g}"
     return text + ")"
 
 
@@ -95,8 +95,7 @@ def report(args, state, model_name: str, methods: list[str]) -> str:
             name = "unpruned" if key == "baseline" else f"{drop_label(r['kind'])}-{r['k']}"
             lines.append(f"| {name} | {r['method']} | {_fmt(r['ppl_wikitext2']['perplexity'])} | "
                          f"{_fmt(r['ppl_c4']['perplexity'])} | "
-                         f"{_versus_cosine(rows, key, 'ppl_wikitext2', ARTICLE_WINDOWS)} | "
-                         f"{_versus_cosine(rows, key, 'ppl_c4', ARTICLE_WINDOWS)} |")
+                         f"{_versus_cosine(rows, key, 'ppl_wikitext2')} | {_versus_cosine(rows, key, 'ppl_c4')} |")
     if state["recovery"]:
         lines += ["", "| recovered | loss | steps | lr | WikiText-2 | C4 | vs LM-loss LoRA (paired) |",
                   "|---|---|---:|---:|---:|---:|---|"]
@@ -104,10 +103,13 @@ def report(args, state, model_name: str, methods: list[str]) -> str:
             other = state["recovery"].get(recovery_name(r["from"], "lm", r["steps"], r["lr"]))
             verdict = "–"
             if r["loss"] != "lm" and other:
-                test, blocks = (compare_perplexity(r["ppl_wikitext2"], other["ppl_wikitext2"], names=(r["loss"], "lm"),
-                                                   block=b) for b in (1, ARTICLE_WINDOWS))
-                verdict = (f"{test.verdict} (p={test.p_value:.2g}; {ARTICLE_WINDOWS}-window blocks: "
-                           f"{blocks.verdict}, p={blocks.p_value:.2g})")
+                test = compare_perplexity_with_blocks(r["ppl_wikitext2"], other["ppl_wikitext2"],
+                                                      names=(r["loss"], "lm"))
+                verdict = f"{test['verdict']} (p={test['p_value']:.2g}"
+                if "blocks" in test:
+                    blocks = test["blocks"]
+                    verdict += f"; {blocks['block']}-window blocks: {blocks['verdict']}, p={blocks['p_value']:.2g}"
+                verdict += ")"
             lines.append(f"| {r['from']} | {r['loss']} | {r['steps']} | {r['lr']:g} | "
                          f"{_fmt(r['ppl_wikitext2']['perplexity'])} | "
                          f"{_fmt(r['ppl_c4']['perplexity'])} | {verdict} |")

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from layerdrop_patch.errors import DataError
 
 __all__ = ["ARTICLE_WINDOWS", "PairedResult", "mcnemar_p", "compare_accuracy", "compare_perplexity",
-           "compare_evaluations"]
+           "compare_perplexity_with_blocks", "compare_evaluations"]
 
 # 8 windows of 512 tokens = 4,096 tokens, about one WikiText-2 article: the block that keeps the correlation
 # between neighbouring windows. A block test needs several blocks: it is run from 4 blocks' worth of windows.
@@ -133,6 +133,17 @@ def compare_perplexity(details_a: dict, details_b: dict, *, names=("A", "B"), al
                         len(pairs), _verdict(p < alpha and observed > 0, p < alpha and observed < 0, names))
 
 
+def compare_perplexity_with_blocks(details_a: dict, details_b: dict, *, names=("A", "B"),
+                                   alpha: float = 0.05) -> dict[str, Any]:
+    """`compare_perplexity(...).to_dict()` window by window and, from 4 blocks' worth of windows up, under "blocks"
+    the test over runs of ARTICLE_WINDOWS neighbouring windows (the one to trust when the two differ)."""
+    out = compare_perplexity(details_a, details_b, names=names, alpha=alpha).to_dict()
+    if len(details_a["window_nll"]) >= 4 * ARTICLE_WINDOWS:
+        blocks = compare_perplexity(details_a, details_b, names=names, alpha=alpha, block=ARTICLE_WINDOWS)
+        out["blocks"] = {**blocks.to_dict(), "block": ARTICLE_WINDOWS}
+    return out
+
+
 def compare_evaluations(a: dict, b: dict, *, names=("A", "B"), alpha: float = 0.05) -> dict[str, Any]:
     """Paired comparisons of two `evaluate_model` results: every shared task, all tasks pooled, perplexity (window
     by window, and under "blocks" over runs of ARTICLE_WINDOWS windows when there are enough of them)."""
@@ -149,8 +160,5 @@ def compare_evaluations(a: dict, b: dict, *, names=("A", "B"), alpha: float = 0.
         out["pooled"] = compare_accuracy(pooled_a, pooled_b, names=names, alpha=alpha).to_dict()
     pa, pb = a.get("perplexity") or {}, b.get("perplexity") or {}
     if pa.get("window_nll") and pb.get("window_nll"):
-        out["perplexity"] = compare_perplexity(pa, pb, names=names, alpha=alpha).to_dict()
-        if len(pa["window_nll"]) >= 4 * ARTICLE_WINDOWS:  # the verdict that allows for neighbouring windows
-            blocks = compare_perplexity(pa, pb, names=names, alpha=alpha, block=ARTICLE_WINDOWS)
-            out["perplexity"]["blocks"] = {**blocks.to_dict(), "block": ARTICLE_WINDOWS}
+        out["perplexity"] = compare_perplexity_with_blocks(pa, pb, names=names, alpha=alpha)
     return out
