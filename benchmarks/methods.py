@@ -12,7 +12,8 @@ Stages, each resumable (every finished row is written to the results JSON at onc
   3. speed: the measured speed-up of each drop shape (number of attention and MLP sublayers dropped), through
      generate() with the KV cache, baseline and pruned interleaved in one run; rows of one shape share it;
   4. accuracy (k = 8, `--accuracy-kinds`): tasks on `--docs` documents each, with lm-eval's stderr, for the
-     unpruned model, the paper's cosine and the best confirmed method, and a paired McNemar test of best vs cosine;
+     unpruned model, the paper's cosine and the best confirmed method (or the rows `--accuracy-rows` names), and a
+     paired McNemar test of each against cosine;
   5. recovery: the best confirmed k = 8 drop per `--recover-kinds` (Attn-8 and Block-8 by default) recovered with
      LoRA on the LM loss and with LoRA distillation from the unpruned model, same steps and data;
   6. report: the tables (Markdown) and a plot of quality against measured speed-up with the Pareto front
@@ -226,9 +227,10 @@ def speed(args, model, tok, state, path) -> None:
 def accuracy(args, model, tok, state, path) -> None:
     config = EvaluationConfig(tasks=TASKS, subsample=args.docs, perplexity=False)
     rows, acc = state["rows"], state["accuracy"]
-    keys = ["baseline"] + [key for kind in args.accuracy_kinds if kind in args.kinds
-                           for key in dict.fromkeys([f"{kind}-8-cosine", _best(rows, kind, 8, "ppl_wikitext2")]) if key]
-    for key in keys:
+    headline = ["baseline"] + [key for kind in args.accuracy_kinds if kind in args.kinds
+                               for key in dict.fromkeys([f"{kind}-8-cosine", _best(rows, kind, 8, "ppl_wikitext2")])
+                               if key]
+    for key in args.accuracy_rows or headline:
         if key in acc or key not in rows:
             continue
         twin = next((acc[o] for o in _same_drop(rows, rows[key]) if o in acc), None)
@@ -279,6 +281,8 @@ def main() -> None:
     parser.add_argument("--confirm-rows", nargs="+", metavar="ROW", help="confirm these rows (e.g. baseline "
                         "attn-8-greedy-kl) instead of the headline set, to choose the order or split the stage")
     parser.add_argument("--accuracy-kinds", nargs="+", default=["attn", "block"], choices=SELECT_KINDS)
+    parser.add_argument("--accuracy-rows", nargs="+", metavar="ROW", help="evaluate these rows instead of the "
+                        "headline set, e.g. to split the stage across processes")
     parser.add_argument("--recover-kinds", nargs="+", default=["attn", "block"], choices=SELECT_KINDS,
                         help="kinds whose best confirmed k = 8 drop is recovered")
     parser.add_argument("--docs", type=int, default=500, help="documents per task for the accuracy stage")
@@ -299,9 +303,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     path = args.results / f"methods_{args.model}.json"
     state = _load_state(path)
-    unknown = [key for key in args.confirm_rows or () if key not in state["rows"]]
-    if unknown:  # before the model loads
-        parser.error(f"--confirm-rows: {', '.join(unknown)} not in {path}; screen them with the grid stage first.")
+    for option, keys in (("--confirm-rows", args.confirm_rows), ("--accuracy-rows", args.accuracy_rows)):
+        unknown = [key for key in keys or () if key not in state["rows"]]
+        if unknown:  # before the model loads
+            parser.error(f"{option}: {', '.join(unknown)} not in {path}; screen them with the grid stage first.")
     if "report" in args.stages and "grid" not in args.stages and "screen_wikitext2" not in state["rows"].get(
             "baseline", {}):
         parser.error(f"{path} has no screened rows yet; run the grid stage first (--stages grid ...).")
