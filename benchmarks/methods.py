@@ -15,7 +15,8 @@ Stages, each resumable (every finished row is written to the results JSON at onc
      unpruned model, the paper's cosine and the best confirmed method (or the rows `--accuracy-rows` names), and a
      paired McNemar test of each against cosine;
   5. recovery: the best confirmed k = 8 drop per `--recover-kinds` (Attn-8 and Block-8 by default) recovered with
-     LoRA on the LM loss and with LoRA distillation from the unpruned model, same steps and data;
+     LoRA on the LM loss and with LoRA distillation from the unpruned model, same steps and data (or the rows
+     `--recover-rows` names; `baseline` there is the control: the same LoRA on the unpruned model);
   6. report: the tables (Markdown) and a plot of quality against measured speed-up with the Pareto front
      (`methods_report.py`; from the JSON alone, no model loaded).
 
@@ -242,16 +243,17 @@ def accuracy(args, model, tok, state, path) -> None:
 def recovery(args, model, tok, state, path) -> None:
     from layerdrop_patch.recover import recover_lora
 
-    for kind in args.recover_kinds:
-        if kind not in args.kinds:
-            continue
-        key = _best(state["rows"], kind, 8, "ppl_wikitext2")
-        for loss in args.recover_losses if key else ():
+    keys = args.recover_rows or [_best(state["rows"], kind, 8, "ppl_wikitext2") for kind in args.recover_kinds
+                                 if kind in args.kinds]
+    for key in filter(None, keys):
+        for loss in args.recover_losses:
             name = recovery_name(key, loss, args.recover_steps, args.recover_lr)
             if name in state["recovery"]:
                 continue
             row = state["rows"][key]
             student = _pruned(model, row)
+            if student is model:  # the control: its LoRA must touch neither the teacher nor the next run's start
+                student = copy.deepcopy(model)
             start = time.perf_counter()
             student, res = recover_lora(student, tok, "c4", steps=args.recover_steps, batch_size=4, seq_len=256,
                                         lr=args.recover_lr, rank=8, alpha=16, loss=loss, temperature=2.0,
@@ -285,6 +287,9 @@ def main() -> None:
                         "headline set, e.g. to split the stage across processes")
     parser.add_argument("--recover-kinds", nargs="+", default=["attn", "block"], choices=SELECT_KINDS,
                         help="kinds whose best confirmed k = 8 drop is recovered")
+    parser.add_argument("--recover-rows", nargs="+", metavar="ROW", help="recover these rows instead; 'baseline' "
+                        "trains the same LoRA on the unpruned model, the control that tells recovery from adaptation "
+                        "to the training text")
     parser.add_argument("--docs", type=int, default=500, help="documents per task for the accuracy stage")
     parser.add_argument("--speed-repeats", type=int, default=3)
     parser.add_argument("--greedy-shortlist", type=int, default=10,
@@ -303,7 +308,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     path = args.results / f"methods_{args.model}.json"
     state = _load_state(path)
-    for option, keys in (("--confirm-rows", args.confirm_rows), ("--accuracy-rows", args.accuracy_rows)):
+    for option, keys in (("--confirm-rows", args.confirm_rows), ("--accuracy-rows", args.accuracy_rows),
+                         ("--recover-rows", args.recover_rows)):
         unknown = [key for key in keys or () if key not in state["rows"]]
         if unknown:  # before the model loads
             parser.error(f"{option}: {', '.join(unknown)} not in {path}; screen them with the grid stage first.")

@@ -110,7 +110,8 @@ def report(args, state, model_name: str, methods: list[str]) -> str:
                     blocks = test["blocks"]
                     verdict += f"; {blocks['block']}-window blocks: {blocks['verdict']}, p={blocks['p_value']:.2g}"
                 verdict += ")"
-            lines.append(f"| {r['from']} | {r['loss']} | {r['steps']} | {r['lr']:g} | "
+            source = "unpruned (control)" if r["from"] == "baseline" else r["from"]
+            lines.append(f"| {source} | {r['loss']} | {r['steps']} | {r['lr']:g} | "
                          f"{_fmt(r['ppl_wikitext2']['perplexity'])} | "
                          f"{_fmt(r['ppl_c4']['perplexity'])} | {verdict} |")
     if state["accuracy"]:
