@@ -97,10 +97,14 @@ def report(args, state, model_name: str, methods: list[str]) -> str:
                          f"{_fmt(r['ppl_c4']['perplexity'])} | "
                          f"{_versus_cosine(rows, key, 'ppl_wikitext2')} | {_versus_cosine(rows, key, 'ppl_c4')} |")
     if state["recovery"]:
-        lines += ["", "| recovered | loss | steps | lr | WikiText-2 | C4 | vs LM-loss LoRA (paired) |",
-                  "|---|---|---:|---:|---:|---:|---|"]
+        lines += ["", "| recovered | loss | steps | lr | WikiText-2 | C4 | vs LM-loss LoRA (paired) "
+                  "| x the control (WikiText-2 / C4) |", "|---|---|---:|---:|---:|---:|---|---:|"]
         for name, r in state["recovery"].items():
             other = state["recovery"].get(recovery_name(r["from"], "lm", r["steps"], r["lr"]))
+            # The same LoRA on the unpruned model: what training alone gains, so the fair yardstick for recovery.
+            control = state["recovery"].get(recovery_name("baseline", "lm", r["steps"], r["lr"]))
+            ratio = "–" if control is None or r["from"] == "baseline" else " / ".join(
+                f"x{r[c]['perplexity'] / control[c]['perplexity']:.2f}" for c in ("ppl_wikitext2", "ppl_c4"))
             verdict = "–"
             if r["loss"] != "lm" and other:
                 test = compare_perplexity_with_blocks(r["ppl_wikitext2"], other["ppl_wikitext2"],
@@ -113,7 +117,7 @@ def report(args, state, model_name: str, methods: list[str]) -> str:
             source = "unpruned (control)" if r["from"] == "baseline" else r["from"]
             lines.append(f"| {source} | {r['loss']} | {r['steps']} | {r['lr']:g} | "
                          f"{_fmt(r['ppl_wikitext2']['perplexity'])} | "
-                         f"{_fmt(r['ppl_c4']['perplexity'])} | {verdict} |")
+                         f"{_fmt(r['ppl_c4']['perplexity'])} | {verdict} | {ratio} |")
     if state["accuracy"]:
         acc = state["accuracy"]
         lines += ["", "| model | " + " | ".join(TASKS) + " | average | vs cosine (paired McNemar) |",
