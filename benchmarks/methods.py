@@ -257,7 +257,7 @@ def recovery(args, model, tok, state, path) -> None:
             start = time.perf_counter()
             student, res = recover_lora(student, tok, "c4", steps=args.recover_steps, batch_size=4, seq_len=256,
                                         lr=args.recover_lr, rank=8, alpha=16, loss=loss, temperature=2.0,
-                                        eval_tokens=0, teacher=None if loss == "lm" else model, progress=False)
+                                        eval_tokens=0, teacher=None if loss == "lm" else model, progress=True)
             state["recovery"][name] = {"from": key, "loss": loss, "steps": args.recover_steps, "lr": args.recover_lr,
                                        "seconds": round(time.perf_counter() - start, 1),
                                        "final_train_loss": sum(res.losses[-10:]) / len(res.losses[-10:]),
