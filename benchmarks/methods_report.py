@@ -99,7 +99,9 @@ def report(args, state, model_name: str, methods: list[str]) -> str:
     if state["recovery"]:
         lines += ["", "| recovered | loss | steps | lr | WikiText-2 | C4 | vs LM-loss LoRA (paired) "
                   "| x the control (WikiText-2 / C4) |", "|---|---|---:|---:|---:|---:|---|---:|"]
-        for name, r in state["recovery"].items():
+        recovered = list(state["recovery"].values())
+        first = {r["from"]: i for i, r in reversed(list(enumerate(recovered)))}  # group by drop, control last
+        for r in sorted(recovered, key=lambda r: (r["from"] == "baseline", first[r["from"]])):
             other = state["recovery"].get(recovery_name(r["from"], "lm", r["steps"], r["lr"]))
             # The same LoRA on the unpruned model: what training alone gains, so the fair yardstick for recovery.
             control = state["recovery"].get(recovery_name("baseline", "lm", r["steps"], r["lr"]))
