@@ -100,8 +100,8 @@ def report(args, state, model_name: str, methods: list[str]) -> str:
         lines += ["", "| recovered | loss | steps | lr | WikiText-2 | C4 | vs LM-loss LoRA (paired) "
                   "| x the control (WikiText-2 / C4) |", "|---|---|---:|---:|---:|---:|---|---:|"]
         recovered = list(state["recovery"].values())
-        first = {r["from"]: i for i, r in reversed(list(enumerate(recovered)))}  # group by drop, control last
-        for r in sorted(recovered, key=lambda r: (r["from"] == "baseline", first[r["from"]])):
+        drops = list(dict.fromkeys(r["from"] for r in recovered))  # in first-recovered order
+        for r in sorted(recovered, key=lambda r: (r["from"] == "baseline", drops.index(r["from"]))):  # control last
             other = state["recovery"].get(recovery_name(r["from"], "lm", r["steps"], r["lr"]))
             # The same LoRA on the unpruned model: what training alone gains, so the fair yardstick for recovery.
             control = state["recovery"].get(recovery_name("baseline", "lm", r["steps"], r["lr"]))
